@@ -1,0 +1,254 @@
+"""
+The client's side of an HTTP request: replay an http-request message
+against the local service and turn what comes back into an http-response.
+
+Requests run concurrently over a persistent connection pool.  Whatever goes
+wrong -- service down, timeout, oversized answer -- the result is still an
+http-response (502/504 with a plain-text reason): a request is never left
+unanswered.
+"""
+
+from urllib.parse import quote, urlsplit
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from ..features import MULTI_HEADER, RAW_PATH
+from ..headers import headers_to_wire, wire_to_pairs
+from ..messages import HttpResponse
+
+# What the client never forwards to the local service: Agent sets Host and
+# Content-Length itself.
+_DROP_FROM_REQUEST = frozenset(["host", "content-length"])
+_NO_BODY_METHODS = frozenset(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"])
+# Characters left alone when re-encoding a decoded (v1) path.
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, written in one go.
+    """
+
+    def __init__(self, body):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class BodyTooLarge(Exception):
+    """
+    The local service's response body is over the limit.
+    """
+
+
+class _BoundedBody(protocol.Protocol):
+    """
+    Collect a response body up to C{limit} bytes; beyond that, stop reading
+    and fail with L{BodyTooLarge}.
+    """
+
+    def __init__(self, limit):
+        self._limit = limit
+        self._chunks = []
+        self._size = 0
+        self.finished = Deferred(lambda _: self.abort())
+
+    def abort(self):
+        """
+        Stop reading (the wait was cancelled or the body is too large).
+        """
+        finished, self.finished = self.finished, None
+        if self.transport is not None:
+            self.transport.stopProducing()
+        return finished
+
+    def dataReceived(self, data):
+        if self.finished is None:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self.abort().errback(BodyTooLarge(self._size))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason):
+        finished, self.finished = self.finished, None
+        if finished is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(b"".join(self._chunks))
+        else:
+            finished.errback(reason)
+
+
+def read_bounded(response, limit):
+    """
+    @return: a L{Deferred} of the whole body of C{response}, or failing with
+        L{BodyTooLarge}; cancelling it stops the transfer.
+    """
+    length = response.length
+    if isinstance(length, int) and length > limit:
+        discard = _BoundedBody(0)
+        response.deliverBody(discard)
+        discard.abort()
+        return _failed(BodyTooLarge(length))
+    body = _BoundedBody(limit)
+    finished = body.finished
+    response.deliverBody(body)
+    return finished
+
+
+def _failed(exception):
+    d = Deferred()
+    d.errback(exception)
+    return d
+
+
+class LocalForwarder:
+    """
+    Sends tunnelled requests to the local service at C{local_url}.
+
+    @param timeout: seconds before a request to the local service is given up
+        (keep it below the proxy's request timeout, so the visitor gets our
+        504 with a reason rather than the proxy's).
+    @param max_body: largest response body forwarded; larger ones become 502.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
+                 pool_size=64):
+        parts = urlsplit(local_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                "local URL must be http://host[:port][/prefix]: {!r}".format(local_url)
+            )
+        self._reactor = reactor
+        self._origin = "{}://{}".format(parts.scheme, parts.netloc)
+        self._prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.max_body = max_body
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = pool_size
+        self.pool.cachedConnectionTimeout = 110
+        self._agent = Agent(reactor, pool=self.pool)
+
+    def url_for(self, message, features):
+        """
+        The local URL for a tunnelled request.
+        """
+        path = message.url or "/"
+        if RAW_PATH not in features:
+            path = quote(path, safe=_PATH_SAFE)
+        if not path.startswith("/"):
+            path = "/" + path
+        url = self._origin + self._prefix + path
+        if message.query:
+            url += "?" + message.query
+        return url
+
+    def forward(self, message, features=frozenset()):
+        """
+        Replay C{message} (an L{HttpRequest}) locally.
+
+        @return: a L{Deferred} that always fires with an L{HttpResponse}.
+        """
+        try:
+            url = self.url_for(message, features).encode("utf-8")
+            headers = Headers()
+            for name, values in wire_to_pairs(message.headers, _DROP_FROM_REQUEST):
+                headers.setRawHeaders(name, values)
+            body = message.body
+            producer = (
+                None
+                if not body and message.method in _NO_BODY_METHODS
+                else BytesProducer(body)
+            )
+            d = self._agent.request(
+                message.method.encode("latin-1"), url, headers, producer
+            )
+        except Exception as e:
+            self._log.failure("cannot forward request {id}", id=message.id)
+            return succeed(_error(message, 502, "bad request for the local service: {}"
+                                  .format(e)))
+        d.addCallback(self._read, message, features)
+        d.addTimeout(self.timeout, self._reactor)
+        d.addErrback(self._local_failed, message)
+        return d
+
+    def _read(self, response, message, features):
+        d = read_bounded(response, self.max_body)
+
+        def done(body):
+            headers = headers_to_wire(response.headers, MULTI_HEADER in features)
+            content_type = response.headers.getRawHeaders(b"content-type")
+            return HttpResponse(
+                id=message.id,
+                headers=headers,
+                content_type=(content_type[0].decode("latin-1")
+                              if content_type else ""),
+                status=response.code,
+                body=body,
+            )
+
+        d.addCallback(done)
+        return d
+
+    def _local_failed(self, failure, message):
+        if failure.check(TimeoutError):
+            self._log.warn(
+                "local service did not answer {method} {url} within {timeout} s",
+                method=message.method, url=message.url, timeout=self.timeout,
+            )
+            return _error(message, 504, "the local service did not answer within "
+                          "{:g} seconds".format(self.timeout))
+        if failure.check(BodyTooLarge):
+            self._log.warn(
+                "local response to {method} {url} is over {limit} bytes",
+                method=message.method, url=message.url, limit=self.max_body,
+            )
+            return _error(message, 502, "the local service's response is larger "
+                          "than the tunnel's limit of {} bytes".format(self.max_body))
+        self._log.warn(
+            "local service failed for {method} {url}: {error}",
+            method=message.method, url=message.url,
+            error=failure.getErrorMessage() or failure.type.__name__,
+        )
+        return _error(message, 502, "the local service could not be reached: {}"
+                      .format(failure.getErrorMessage() or failure.type.__name__))
+
+    def close(self):
+        """
+        Close pooled connections.
+        """
+        return self.pool.closeCachedConnections()
+
+
+def _error(message, status, text):
+    return HttpResponse(
+        id=message.id,
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+        content_type="text/plain; charset=utf-8",
+        status=status,
+        body=(text + "\n").encode("utf-8"),
+    )

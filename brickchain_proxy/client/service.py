@@ -1,0 +1,207 @@
+"""
+The running client: one reconnecting websocket to the proxy
+(L{ClientService} with capped exponential backoff) and the local forwarder.
+"""
+
+import json
+import os
+from urllib.parse import urlsplit
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from ..identity import ClientKey
+from .forward import LocalForwarder
+from .tunnel import TunnelClientFactory
+
+
+def websocket_url(proxy_url):
+    """
+    The proxy's C{/proxy/subscribe} websocket URL for its base URL
+    (http -> ws, https -> wss; ws and wss are taken as they are).
+    """
+    parts = urlsplit(proxy_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(
+        parts.scheme.lower()
+    )
+    if scheme is None or not parts.hostname:
+        raise ValueError(
+            "proxy URL must be http(s)://host[:port][/path]: {!r}".format(proxy_url)
+        )
+    return "{}://{}{}/proxy/subscribe".format(
+        scheme, parts.netloc, parts.path.rstrip("/")
+    )
+
+
+def public_url(proxy_url, hostname):
+    """
+    The URL visitors use for a tunnel's hostname: the proxy's scheme and port.
+    """
+    parts = urlsplit(proxy_url)
+    scheme = "https" if parts.scheme.lower() in ("https", "wss") else "http"
+    port = parts.port
+    default = 443 if scheme == "https" else 80
+    netloc = hostname if port in (None, default) else "{}:{}".format(hostname, port)
+    return "{}://{}/".format(scheme, netloc)
+
+
+def path_url(proxy_url, client_id):
+    """
+    The path-routed URL of a tunnel, which works without DNS for the domain.
+    """
+    parts = urlsplit(proxy_url)
+    scheme = "https" if parts.scheme.lower() in ("https", "wss") else "http"
+    return "{}://{}{}/proxy/request/{}/".format(
+        scheme, parts.netloc, parts.path.rstrip("/"), client_id
+    )
+
+
+def client_endpoint(reactor, ws_url, tls_options=None):
+    """
+    The stream endpoint for a ws:// or wss:// URL.
+    """
+    parts = urlsplit(ws_url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port)
+    if secure:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        options = tls_options or optionsForClientTLS(parts.hostname)
+        endpoint = endpoints.wrapClientTLS(options, endpoint)
+    return endpoint
+
+
+class TunnelClientService(service.MultiService):
+    """
+    Keeps one registered tunnel to the proxy, reconnecting with capped
+    exponential backoff (and backing off on refused registrations too).
+
+    @ivar registration: the latest L{RegistrationResponse}, or L{None}.
+    @ivar public_url: the URL visitors use, once registered.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, proxy_url, local_url, key_path,
+                 session=None, state_path=None, ping_timeout=20.0,
+                 local_timeout=25.0, max_body=512000, tls_options=None,
+                 max_delay=30.0):
+        service.MultiService.__init__(self)
+        self._reactor = reactor
+        self.proxy_url = proxy_url
+        self.ws_url = websocket_url(proxy_url)
+        self._key_path = key_path
+        self._session = session
+        self._state_path = state_path
+        self._ping_timeout = ping_timeout
+        self._tls_options = tls_options
+        self.forwarder = LocalForwarder(
+            reactor, local_url, timeout=local_timeout, max_body=max_body
+        )
+        self.registration = None
+        self.public_url = None
+        self.protocol = None
+        self._refusals = 0
+        self._backoff = backoffPolicy(initialDelay=0.5, factor=2.0,
+                                      maxDelay=max_delay)
+        self._registration_waiters = []
+        self._connector = None
+
+    def startService(self):
+        try:
+            self.key = ClientKey.load_or_create(self._key_path)
+        except (OSError, ValueError) as e:
+            self._log.critical("cannot use the client key: {error}", error=str(e))
+            raise
+        self._log.info(
+            "client key {path}: clientID {client_id}",
+            path=self._key_path, client_id=self.key.client_id,
+        )
+        factory = TunnelClientFactory(
+            self.ws_url, self.proxy_url, self.key, self.forwarder, self._reactor,
+            session=self._session, ping_timeout=self._ping_timeout,
+            on_registered=self._registered, on_closed=self._closed,
+        )
+        self._connector = ClientService(
+            client_endpoint(self._reactor, self.ws_url, self._tls_options),
+            factory,
+            retryPolicy=self._retry_delay,
+            clock=self._reactor,
+        )
+        self._connector.setServiceParent(self)
+        service.MultiService.startService(self)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self.protocol is not None:
+            self.protocol.say_goodbye()
+        yield service.MultiService.stopService(self)
+        if self._connector is not None:
+            self._connector.disownServiceParent()
+            self._connector = None
+        yield self.forwarder.close()
+        for d in self._registration_waiters:
+            d.cancel()
+
+    def when_registered(self):
+        """
+        @return: a L{Deferred} firing with the next (or current)
+            L{RegistrationResponse}.
+        """
+        if self.registration is not None and self.protocol is not None:
+            return defer.succeed(self.registration)
+        d = defer.Deferred(lambda d: self._registration_waiters.remove(d))
+        self._registration_waiters.append(d)
+        return d
+
+    def _retry_delay(self, attempt):
+        # ClientService counts failed TCP connects; a connection that opens
+        # but is refused at registration counts as a failure too.
+        return self._backoff(attempt + self._refusals)
+
+    def _registered(self, protocol, response):
+        self._refusals = 0
+        self.protocol = protocol
+        self.registration = response
+        if response.hostname:
+            self.public_url = public_url(self.proxy_url, response.hostname)
+        else:
+            self.public_url = path_url(self.proxy_url, response.key_id)
+        self._log.info(
+            "tunnel registered: {url} (also {path_url})",
+            url=self.public_url, path_url=path_url(self.proxy_url, response.key_id),
+            client_id=response.key_id, hostname=response.hostname,
+        )
+        if self._state_path:
+            self._write_state(response)
+        waiters, self._registration_waiters = self._registration_waiters, []
+        for d in waiters:
+            d.callback(response)
+
+    def _closed(self, protocol, registered, code, reason):
+        if protocol is self.protocol:
+            self.protocol = None
+        if registered:
+            self._log.info("tunnel connection closed ({code}): reconnecting",
+                           code=code)
+        else:
+            self._refusals += 1
+
+    def _write_state(self, response):
+        state = {
+            "hostname": response.hostname,
+            "clientID": response.key_id,
+            "url": self.public_url,
+        }
+        tmp = self._state_path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(state, f)
+                f.write("\n")
+            os.replace(tmp, self._state_path)
+        except OSError as e:
+            self._log.error("cannot write state file {path}: {error}",
+                            path=self._state_path, error=str(e))

@@ -1,0 +1,87 @@
+"""
+C{twistd brickclient}: command-line options and service construction.
+"""
+
+from twisted.python import usage
+
+from .service import websocket_url
+
+
+def _positive(kind):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError("not a number: {!r}".format(text))
+        if not value > 0:
+            raise usage.UsageError("must be greater than 0: {!r}".format(text))
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd brickclient}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a tunnel client: keep one websocket to the proxy and answer the "
+        "public requests it forwards by calling the local service."
+    )
+
+    optParameters = [
+        ["proxy", None, "http://localhost:6519",
+         "Base URL of the proxy (http -> ws, https -> wss)."],
+        ["local", None, "http://localhost:8080",
+         "URL of the local service requests are forwarded to."],
+        ["key", None, "proxy-client.pem",
+         "EC P-256 private key (PEM); created with mode 0600 if missing. "
+         "The key is the tunnel's identity: keep it to keep the hostname."],
+        ["session", None, None,
+         "Session string: derives a different clientID from the same key."],
+        ["state", None, None,
+         "Write {\"hostname\": ...} as JSON to this file after every "
+         "registration."],
+        ["ping-timeout", None, 20.0,
+         "Reconnect when nothing has been heard from the proxy for this many "
+         "seconds.", _positive(float)],
+        ["local-timeout", None, 25.0,
+         "Seconds to wait for the local service (keep it below the proxy's "
+         "request timeout).", _positive(float)],
+        ["max-body", None, 512000,
+         "Largest local response body forwarded, in bytes; larger ones are "
+         "answered 502.", _positive(int)],
+    ]
+
+    def postOptions(self):
+        try:
+            websocket_url(self["proxy"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if not self["local"].startswith(("http://", "https://")):
+            raise usage.UsageError(
+                "--local must be an http:// or https:// URL: {!r}".format(self["local"])
+            )
+
+
+def makeService(config, reactor=None):
+    """
+    Build the client service from parsed L{Options}; no I/O happens here.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from .service import TunnelClientService
+
+    return TunnelClientService(
+        reactor,
+        proxy_url=config["proxy"],
+        local_url=config["local"],
+        key_path=config["key"],
+        session=config["session"],
+        state_path=config["state"],
+        ping_timeout=config["ping-timeout"],
+        local_timeout=config["local-timeout"],
+        max_body=config["max-body"],
+    )

@@ -1,0 +1,214 @@
+"""
+The client's side of a tunnel: the websocket to the proxy's
+C{/proxy/subscribe}.
+
+On open it registers (a signed mandate token); after that it answers every
+message the proxy sends: http-request through the L{LocalForwarder}, ping by
+noting the proxy is alive.  If nothing at all is heard for C{ping_timeout}
+seconds, it drops the connection so the service reconnects.
+"""
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+)
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from .. import features as _features
+from ..messages import (
+    Disconnect,
+    HttpRequest,
+    MessageError,
+    Ping,
+    RegistrationRequest,
+    RegistrationResponse,
+    decode,
+    encode,
+)
+
+
+class RegistrationFailed(Exception):
+    """
+    The proxy refused the registration, or never answered it.
+    """
+
+
+class TunnelClientProtocol(WebSocketClientProtocol):
+    """
+    One connection to the proxy.
+
+    @ivar registered: a L{Deferred} firing with the L{RegistrationResponse},
+        or failing with L{RegistrationFailed} if the connection closes first.
+    """
+
+    _log = Logger()
+
+    registration = None
+    _watchdog = None
+    _opened = False
+
+    def onOpen(self):
+        try:
+            factory = self.factory
+            self._clock = factory.clock
+            self.features = frozenset()
+            self.registered = Deferred()
+            self._last_heard = self._clock.seconds()
+            self._opened = True
+            self._pending_id = None
+            self._watchdog = self._clock.callLater(
+                factory.ping_timeout / 4.0, self._check_alive
+            )
+            request = RegistrationRequest(
+                mandate_token=factory.key.sign_mandate_token(factory.proxy_url),
+                session=factory.session,
+                features=sorted(factory.features),
+            )
+            self._pending_id = request.id
+            self.sendMessage(encode(request), isBinary=False)
+        except Exception:
+            self._log.failure("could not start registration")
+            self.dropConnection(abort=True)
+
+    # -- receiving ---------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        self._last_heard = self._clock.seconds()
+        try:
+            message = decode(payload)
+        except MessageError as e:
+            if self.registration is None:
+                # v1 refuses a registration with a plain-text message.
+                reason = payload.decode("utf-8", "replace").strip()[:300]
+                self._log.error(
+                    "the proxy refused the registration: {reason}", reason=reason
+                )
+                self._registration_failed(reason)
+            else:
+                self._log.warn("malformed message from the proxy ignored: {error}",
+                               error=str(e))
+            return
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self._log.debug("ignoring {type} from the proxy",
+                            type=type(message).__name__)
+            return
+        try:
+            handler(self, message)
+        except Exception:
+            self._log.failure("handling {type} failed", type=type(message).__name__)
+
+    def handle_registration(self, message):
+        if message.id != self._pending_id:
+            self._log.warn("registration response for an unknown request ignored")
+            return
+        if self.registration is not None:
+            return
+        self.registration = message
+        self.features = frozenset(message.features or ())
+        self.factory.registered_with(self, message)
+        d, self.registered = self.registered, None
+        d.callback(message)
+
+    def handle_http_request(self, message):
+        d = self.factory.forwarder.forward(message, self.features)
+        d.addCallback(self._send_reply)
+        d.addErrback(lambda f: self._log.failure(
+            "answering request {id} failed", f, id=message.id))
+
+    def handle_ping(self, message):
+        pass
+
+    _handlers = {
+        RegistrationResponse: handle_registration,
+        HttpRequest: handle_http_request,
+        Ping: handle_ping,
+    }
+
+    # -- sending -----------------------------------------------------------
+
+    def _send_reply(self, message):
+        if self._opened:
+            self.sendMessage(encode(message), isBinary=False)
+
+    def say_goodbye(self):
+        """
+        Tell the proxy we are leaving (disconnect), then close.
+        """
+        if self._opened:
+            self.sendMessage(encode(Disconnect()), isBinary=False)
+            self.sendClose(1000)
+
+    # -- liveness ----------------------------------------------------------
+
+    def _check_alive(self):
+        timeout = self.factory.ping_timeout
+        silent = self._clock.seconds() - self._last_heard
+        if silent >= timeout:
+            self._watchdog = None
+            self._log.warn(
+                "nothing heard from the proxy for {seconds:.0f} s: reconnecting",
+                seconds=silent,
+            )
+            self.dropConnection(abort=True)
+            return
+        self._watchdog = self._clock.callLater(
+            min(timeout - silent, timeout / 4.0) + 0.01, self._check_alive
+        )
+
+    def _registration_failed(self, reason):
+        d, self.registered = self.registered, None
+        if d is not None:
+            d.errback(RegistrationFailed(reason))
+
+    def onClose(self, wasClean, code, reason):
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        if not self._opened:
+            return
+        self._opened = False
+        if self.registration is None:
+            self._registration_failed(
+                "connection closed before registration ({}: {})".format(code, reason)
+            )
+        self.factory.connection_closed(self, code, reason)
+
+
+class TunnelClientFactory(WebSocketClientFactory):
+    """
+    Builds L{TunnelClientProtocol}s and holds what they share.
+
+    @param on_registered: called with C{(protocol, RegistrationResponse)}.
+    @param on_closed: called with C{(protocol, registered, code, reason)}.
+    """
+
+    protocol = TunnelClientProtocol
+
+    def __init__(self, ws_url, proxy_url, key, forwarder, clock, session=None,
+                 ping_timeout=20.0, features=_features.SUPPORTED,
+                 max_message_size=64 * 1024 * 1024, on_registered=None,
+                 on_closed=None):
+        WebSocketClientFactory.__init__(self, url=ws_url, reactor=clock)
+        self.proxy_url = proxy_url
+        self.key = key
+        self.forwarder = forwarder
+        self.clock = clock
+        self.session = session or None
+        self.ping_timeout = ping_timeout
+        self.features = frozenset(features)
+        self._on_registered = on_registered
+        self._on_closed = on_closed
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+        )
+
+    def registered_with(self, protocol, response):
+        if self._on_registered is not None:
+            self._on_registered(protocol, response)
+
+    def connection_closed(self, protocol, code, reason):
+        if self._on_closed is not None:
+            self._on_closed(protocol, protocol.registration is not None, code, reason)

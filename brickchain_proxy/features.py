@@ -1,0 +1,36 @@
+"""
+Negotiated protocol extensions (PROTOCOL.md, "Negotiated extensions").
+
+A client lists the features it can use in its registration-request; the
+proxy answers with the subset it will use on that tunnel.  A feature is only
+used where both sides listed it, so v1 peers (which never send or read the
+field) keep speaking pure v1.
+"""
+
+#: ws-message with messageType 2 carries "encoding": "base64" and a base64
+#: body, so binary frames arrive byte-exact.
+BINARY_WS = "binary-ws"
+
+#: a header value may be a list of strings (all values, in order).
+MULTI_HEADER = "multi-header"
+
+#: http-request and ws-request "url" carry the path exactly as the visitor
+#: sent it (percent-encoding intact) instead of the decoded path, so
+#: "/a%2Fb" reaches the local service unchanged.
+RAW_PATH = "raw-path"
+
+#: Everything this implementation speaks, in both roles.
+SUPPORTED = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH])
+
+
+def negotiate(offered, supported=SUPPORTED):
+    """
+    The features to use on a tunnel, given what the client offered.
+
+    @param offered: the registration's C{features} list, or L{None} when the
+        client sent none (a v1 client).
+    @return: a L{frozenset}; empty for v1 clients.
+    """
+    if not offered:
+        return frozenset()
+    return frozenset(f for f in offered if isinstance(f, str)) & supported

@@ -1,0 +1,141 @@
+"""
+HTTP header handling shared by the proxy and the client.
+
+On the wire (PROTOCOL.md) headers are a JSON object with canonical
+C{Title-Case} names (as Go's C{textproto.CanonicalMIMEHeaderKey}) and one
+string per header; under the C{multi-header} extension a value may be a list
+of strings.  Hop-by-hop headers never cross the tunnel.
+"""
+
+# RFC 7230 section 6.1, plus the non-standard Proxy-Connection / Keep-Alive.
+HOP_BY_HOP = frozenset(
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+)
+
+# Headers that are joined with "; " rather than ", " when several values must
+# travel as one string to a v1 peer.
+_JOIN_WITH_SEMICOLON = frozenset(["cookie"])
+
+_canonical_cache = {}
+
+
+def canonical_name(name):
+    """
+    Canonical form of a header name, as Go writes it: first letter and every
+    letter after a hyphen upper case, the rest lower case
+    (C{x-forwarded-for} -> C{X-Forwarded-For}).
+
+    @type name: L{str}
+    """
+    cached = _canonical_cache.get(name)
+    if cached is not None:
+        return cached
+    result = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+    if len(_canonical_cache) < 4096:
+        _canonical_cache[name] = result
+    return result
+
+
+def decode_value(value):
+    """
+    Header bytes to a wire string: UTF-8 when valid, else Latin-1 (which maps
+    every byte), so nothing is replaced on the way.
+    """
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _connection_tokens(values):
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token.decode("latin-1"))
+    return tokens
+
+
+def is_hop_by_hop(lower_name):
+    """
+    Whether a lower-case header name must not be forwarded by a proxy.
+    """
+    return lower_name in HOP_BY_HOP or lower_name.startswith("proxy-")
+
+
+def headers_to_wire(raw_headers, multi=False, drop=frozenset()):
+    """
+    Convert Twisted headers to the wire's JSON object.
+
+    @param raw_headers: a L{twisted.web.http_headers.Headers}.
+    @param multi: keep every value as a list when a header has several
+        (the C{multi-header} extension); otherwise join them into one string.
+    @param drop: further lower-case names to leave out (e.g. C{host}).
+    @return: L{dict} of canonical name to L{str} (or L{list} of L{str}).
+    """
+    connection = raw_headers.getRawHeaders(b"connection")
+    also_drop = _connection_tokens(connection) if connection else ()
+    wire = {}
+    for name, values in raw_headers.getAllRawHeaders():
+        lower = name.decode("latin-1").lower()
+        if is_hop_by_hop(lower) or lower in drop or lower in also_drop:
+            continue
+        strings = [decode_value(v) for v in values]
+        key = canonical_name(lower)
+        if len(strings) == 1:
+            wire[key] = strings[0]
+        elif multi:
+            wire[key] = strings
+        else:
+            sep = "; " if lower in _JOIN_WITH_SEMICOLON else ", "
+            wire[key] = sep.join(strings)
+    return wire
+
+
+def wire_to_pairs(wire, drop=frozenset()):
+    """
+    Yield C{(name_bytes, [value_bytes, ...])} from a wire headers object,
+    leaving out hop-by-hop headers and the lower-case names in C{drop}.
+    Values are sent as UTF-8; CR and LF are removed (header injection).
+    """
+    connection = wire.get("Connection")
+    also_drop = (
+        _connection_tokens([connection.encode("utf-8")])
+        if isinstance(connection, str)
+        else ()
+    )
+    for name, value in wire.items():
+        lower = name.lower()
+        if is_hop_by_hop(lower) or lower in drop or lower in also_drop:
+            continue
+        if not _valid_name(name):
+            continue
+        values = value if isinstance(value, list) else (value,)
+        yield name.encode("ascii"), [_clean(v) for v in values]
+
+
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789"
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _valid_name(name):
+    return bool(name) and all(c in _TOKEN_CHARS for c in name)
+
+
+def _clean(value):
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", " ").replace("\n", " ")
+    return value.encode("utf-8")

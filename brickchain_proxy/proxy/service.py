@@ -1,0 +1,105 @@
+"""
+The running proxy: composes the hub, the tunnel websocket factory, the
+public site and the listening endpoints into one service.
+"""
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from ..bus import open_backend
+from ..identity import TokenVerifier
+from ..ratelimit import TokenBucketLimiter
+from .hub import TunnelHub
+from .site import build_site
+from .tunnel import TunnelServerFactory
+
+
+def max_message_size(max_body):
+    """
+    Largest websocket message accepted from a tunnel client: a body of
+    C{max_body} bytes in base64, plus room for headers.  Bigger bodies still
+    get a clean 502; only absurd messages fail the connection (1009).
+    """
+    return (max_body * 4) // 3 + 1024 * 1024
+
+
+class ProxyService(service.MultiService):
+    """
+    One proxy instance.
+
+    Nothing touches the network before L{startService}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, listen, domain, base, bus_url="memory",
+                 request_timeout=30.0, max_body=512000, rate_limit=(500, 300.0),
+                 ping_interval=10.0, registration_timeout=10.0):
+        service.MultiService.__init__(self)
+        self._reactor = reactor
+        self.backend = open_backend(bus_url, reactor)
+        self.hub = TunnelHub(
+            reactor, self.backend.bus, self.backend.directory,
+            request_timeout=request_timeout,
+        )
+        self.limiter = TokenBucketLimiter(reactor, *rate_limit)
+        self.tunnel_factory = TunnelServerFactory(
+            self.hub,
+            TokenVerifier(base),
+            domain,
+            reactor,
+            ping_interval=ping_interval,
+            registration_timeout=registration_timeout,
+            max_message_size=max_message_size(max_body),
+            url=_ws_url(base),
+        )
+        self.site = build_site(
+            domain, self.hub, self.limiter,
+            WebSocketResource(self.tunnel_factory),
+            max_body, request_timeout, reactor=reactor,
+        )
+        self.ports = []
+        for description in listen:
+            endpoint = endpoints.serverFromString(reactor, description)
+            server = internet.StreamServerEndpointService(endpoint, self.site)
+            server._raiseSynchronously = True
+            server.setServiceParent(self)
+            self.ports.append(server)
+        housekeeping = internet.TimerService(60, self._housekeeping)
+        housekeeping.clock = reactor
+        housekeeping.setServiceParent(self)
+        self._domain = domain
+        self._base = base
+
+    def startService(self):
+        d = defer.maybeDeferred(self.backend.start)
+        d.addCallback(lambda _: self.hub.start())
+        d.addErrback(lambda f: self._log.failure("bus start failed", f))
+        service.MultiService.startService(self)
+        self._log.info(
+            "brickproxy listening; base {base}, tunnels at <clientID>.{domain}",
+            base=self._base, domain=self._domain,
+        )
+        return d
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        for connection in list(self.tunnel_factory.connections):
+            connection.go_away()
+        yield service.MultiService.stopService(self)
+        yield self.hub.stop()
+        yield self.backend.stop()
+
+    def _housekeeping(self):
+        self.limiter.prune()
+        self.hub.renew_all()
+
+
+def _ws_url(base):
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://"):]
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://"):]
+    return base

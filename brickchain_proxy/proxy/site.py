@@ -1,0 +1,351 @@
+"""
+The proxy's public web side: a Resource tree.
+
+  - C{GET /}: JSON with name and version;
+  - C{/proxy/subscribe}: the websocket where tunnel clients connect;
+  - C{/proxy/request/<clientID>/<path>} and any request whose Host is
+    C{<clientID>.<domain>}: the tunnel (L{TunnelResource}).
+
+The router (L{Root}) only decides; L{PublicTunnel} does the work.
+"""
+
+import io
+import json
+from urllib.parse import unquote
+
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.logger import Logger
+from twisted.web import pages, server
+from twisted.web.resource import Resource
+
+from .. import __version__
+from ..correlation import TunnelGone
+from ..features import MULTI_HEADER, RAW_PATH
+from ..headers import headers_to_wire, wire_to_pairs
+from ..messages import HttpRequest, encode
+from .hub import BusUnavailable, RemoteFailure, TunnelOffline
+
+_DROP_FROM_REQUEST = frozenset(["host"])
+_DROP_FROM_RESPONSE = frozenset(["content-length"])
+_DROP_FROM_HEAD_RESPONSE = frozenset()
+
+
+class BoundedRequest(server.Request):
+    """
+    A request whose body is kept in memory up to the site's C{max_body};
+    beyond that the rest is counted and discarded, and
+    C{body_too_large} is set, so the resource can answer 413 without ever
+    truncating.
+    """
+
+    body_too_large = False
+    _body_length = 0
+
+    def gotLength(self, length):
+        self.content = io.BytesIO()
+        max_body = self.channel.site.max_body
+        if length is not None and length > max_body:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_length += len(data)
+        if self._body_length > self.channel.site.max_body:
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            return
+        self.content.write(data)
+
+
+class PublicSite(server.Site):
+    """
+    L{server.Site} with bounded request bodies and access logging through
+    L{twisted.logger} (one event per request, at debug level by default).
+    """
+
+    requestFactory = BoundedRequest
+    _log = Logger()
+
+    def __init__(self, resource, max_body, reactor=None):
+        server.Site.__init__(self, resource, reactor=reactor)
+        self.max_body = max_body
+
+    def log(self, request):
+        # twisted.web's combined-log line for every request is too costly
+        # on the request path; tunnels log their own access events.
+        pass
+
+
+class PublicTunnel:
+    """
+    Turns a public HTTP request into an http-request message for a tunnel,
+    and its http-response back into the HTTP answer.
+    """
+
+    _log = Logger()
+
+    def __init__(self, hub, limiter, max_body, request_timeout):
+        self._hub = hub
+        self._limiter = limiter
+        self._max_body = max_body
+        self._request_timeout = request_timeout
+
+    def forward(self, request, client_id, raw_path):
+        """
+        Forward C{request} to tunnel C{client_id}; C{raw_path} is the path as
+        the visitor sent it, less any C{/proxy/request/<id>} prefix.
+        """
+        if request.body_too_large:
+            return _plain(
+                request, 413,
+                "request body is larger than the proxy's limit of {} bytes\n"
+                .format(self._max_body),
+            )
+        wait = self._limiter.check(client_id)
+        if wait is not None:
+            request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1,))
+            return _plain(
+                request, 429,
+                "too many requests for this tunnel; retry in {} s\n"
+                .format(int(wait) + 1),
+            )
+        features = self._hub.features_of(client_id)
+        headers = headers_to_wire(
+            request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
+        )
+        _add_forwarded(request, headers)
+        raw_query = request.uri.partition(b"?")[2]
+        path = raw_path.decode("utf-8", "replace")
+        message = HttpRequest(
+            url=path if RAW_PATH in features else unquote(path, errors="replace"),
+            query=raw_query.decode("utf-8", "replace"),
+            headers=headers,
+            method=request.method.decode("latin-1"),
+            body=request.content.getvalue(),
+        )
+        d = self._hub.request(client_id, message.id, encode(message))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallbacks(
+            self._respond,
+            self._failed,
+            callbackArgs=(request, client_id),
+            errbackArgs=(request, client_id),
+        )
+        d.addErrback(self._log.failure, "answering a tunnelled request failed")
+        return server.NOT_DONE_YET
+
+    def _respond(self, response, request, client_id):
+        if request._disconnected:
+            return
+        status = response.status
+        if not 200 <= status <= 599:
+            _finish_plain(
+                request, 502,
+                "the tunnel client sent an invalid status ({})\n".format(status),
+            )
+            return
+        body = response.body
+        if len(body) > self._max_body:
+            self._log.warn(
+                "tunnel {client_id}: response body of {size} bytes over the "
+                "limit of {limit}", client_id=client_id, size=len(body),
+                limit=self._max_body,
+            )
+            _finish_plain(
+                request, 502,
+                "the tunnelled response is larger than the proxy's limit of "
+                "{} bytes\n".format(self._max_body),
+            )
+            return
+        request.setResponseCode(status)
+        head = request.method == b"HEAD"
+        responseHeaders = request.responseHeaders
+        for name, values in wire_to_pairs(
+            response.headers,
+            _DROP_FROM_HEAD_RESPONSE if head else _DROP_FROM_RESPONSE,
+        ):
+            responseHeaders.setRawHeaders(name, values)
+        if response.content_type and not responseHeaders.hasHeader(b"content-type"):
+            responseHeaders.setRawHeaders(
+                b"Content-Type", [response.content_type.encode("utf-8")]
+            )
+        request.defaultContentType = None
+        if not head:
+            responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+            request.write(body)
+        else:
+            request.write(b"")
+        request.finish()
+
+    def _failed(self, failure, request, client_id):
+        if failure.check(CancelledError) or request._disconnected:
+            # The visitor hung up; the pending entry is already gone.
+            return
+        if failure.check(TunnelOffline):
+            code, text = 502, "tunnel {} is not connected\n".format(client_id)
+        elif failure.check(TimeoutError):
+            code, text = 504, (
+                "the tunnel did not answer within {:g} seconds\n"
+                .format(self._request_timeout)
+            )
+        elif failure.check(TunnelGone):
+            code, text = 502, "the tunnel's connection was lost before it answered\n"
+        elif failure.check(BusUnavailable):
+            code, text = 503, (
+                "the tunnel is connected to another proxy instance, which "
+                "cannot be reached right now\n"
+            )
+        elif failure.check(RemoteFailure):
+            code, text = 502, "tunnel {}: {}\n".format(
+                client_id, failure.getErrorMessage())
+        else:
+            self._log.failure("tunnelled request failed", failure)
+            code, text = 500, "internal error in the proxy\n"
+        _finish_plain(request, code, text)
+
+
+def _add_forwarded(request, headers):
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host:
+        previous = headers.get("X-Forwarded-For")
+        if isinstance(previous, list):
+            previous = ", ".join(previous)
+        headers["X-Forwarded-For"] = (
+            previous + ", " + host if previous else host
+        )
+    headers["X-Forwarded-Proto"] = "https" if request.isSecure() else "http"
+    visitor_host = request.getHeader(b"host")
+    if visitor_host:
+        headers["X-Forwarded-Host"] = visitor_host.decode("latin-1")
+
+
+def _plain(request, code, text):
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return text.encode("utf-8")
+
+
+def _finish_plain(request, code, text):
+    body = _plain(request, code, text)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+class TunnelResource(Resource):
+    """
+    Leaf resource for a tunnelled request; the router put the tunnel and the
+    raw path on the request as C{tunnel_route}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, tunnel):
+        Resource.__init__(self)
+        self._tunnel = tunnel
+
+    def render(self, request):
+        client_id, raw_path = request.tunnel_route
+        return self._tunnel.forward(request, client_id, raw_path)
+
+
+class PathRouter(Resource):
+    """
+    C{/proxy/request/<clientID>/<path>}: the next path segment names the
+    tunnel; the rest of the raw path is what the tunnel sees.
+    """
+
+    def __init__(self, tunnel_resource):
+        Resource.__init__(self)
+        self._tunnel_resource = tunnel_resource
+
+    def getChild(self, name, request):
+        if not name:
+            return pages.notFound("No tunnel", "Use /proxy/request/<clientID>/...")
+        raw_path = request.uri.partition(b"?")[0]
+        # ["", "proxy", "request", "<id>", "rest..."]
+        parts = raw_path.split(b"/", 4)
+        rest = b"/" + parts[4] if len(parts) == 5 else b"/"
+        request.tunnel_route = (name.decode("utf-8", "replace").lower(), rest)
+        return self._tunnel_resource
+
+
+class InfoResource(Resource):
+    """
+    C{GET /}: who we are.
+    """
+
+    isLeaf = True
+
+    def __init__(self, domain):
+        Resource.__init__(self)
+        self._body = json.dumps(
+            {"name": "brickchain-proxy", "version": __version__, "domain": domain}
+        ).encode("utf-8")
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return self._body
+
+    render_HEAD = render_GET
+
+
+class Root(Resource):
+    """
+    The router: Host C{<clientID>.<domain>} goes to the tunnel whatever the
+    path; everything else is looked up in the children.
+    """
+
+    def __init__(self, domain, tunnel_resource):
+        Resource.__init__(self)
+        self._suffix = ("." + domain.lower().strip(".")) if domain else None
+        self._tunnel_resource = tunnel_resource
+
+    def getChildWithDefault(self, name, request):
+        if self._suffix is not None:
+            client_id = self.tunnel_for_host(request.getHeader(b"host"))
+            if client_id is not None:
+                request.tunnel_route = (client_id, request.uri.partition(b"?")[0])
+                return self._tunnel_resource
+        return Resource.getChildWithDefault(self, name, request)
+
+    def getChild(self, name, request):
+        return pages.notFound()
+
+    def tunnel_for_host(self, host):
+        """
+        The clientID a Host header names, or L{None}.  The port is ignored,
+        and so is case.
+        """
+        if not host:
+            return None
+        host = host.decode("latin-1").lower()
+        if host.startswith("["):
+            return None  # an IPv6 literal is never a tunnel
+        host = host.partition(":")[0].rstrip(".")
+        suffix = self._suffix
+        if not host.endswith(suffix):
+            return None
+        label = host[: -len(suffix)]
+        if not label or "." in label:
+            return None
+        return label
+
+
+def build_site(domain, hub, limiter, subscribe_resource, max_body,
+               request_timeout, reactor=None):
+    """
+    The proxy's public L{PublicSite}.
+    """
+    tunnel_resource = TunnelResource(
+        PublicTunnel(hub, limiter, max_body, request_timeout)
+    )
+    root = Root(domain, tunnel_resource)
+    root.putChild(b"", InfoResource(domain))
+    proxy = Resource()
+    proxy.putChild(b"subscribe", subscribe_resource)
+    proxy.putChild(b"request", PathRouter(tunnel_resource))
+    root.putChild(b"proxy", proxy)
+    return PublicSite(root, max_body, reactor=reactor)

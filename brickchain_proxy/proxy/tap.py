@@ -1,0 +1,126 @@
+"""
+C{twistd brickproxy}: command-line options and service construction.
+"""
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from ..bus import validate_bus_url
+from ..ratelimit import parse_rate
+
+
+def _positive(kind):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError("not a number: {!r}".format(text))
+        if not value > 0:
+            raise usage.UsageError("must be greater than 0: {!r}".format(text))
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd brickproxy}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the tunnel proxy: tunnel clients connect to /proxy/subscribe, "
+        "and public requests for <clientID>.<domain> (or "
+        "/proxy/request/<clientID>/...) travel through their tunnel."
+    )
+
+    optParameters = [
+        ["domain", None, None,
+         "Tunnels are served at <clientID>.DOMAIN (e.g. example.io; "
+         "'localhost' works for local use). Without it only path routing "
+         "(/proxy/request/<clientID>/...) works and Go clients, which "
+         "need a hostname, refuse the registration."],
+        ["base", None, "http://localhost:6519",
+         "Public base URL of this proxy; mandate tokens must be issued for "
+         "it (scheme, host, port and path prefix are compared)."],
+        ["bus", None, "memory",
+         "Message bus: 'memory' (one process)."],
+        ["request-timeout", None, 30.0,
+         "Seconds to wait for a tunnel's answer before replying 504.",
+         _positive(float)],
+        ["max-body", None, 512000,
+         "Largest request or response body in bytes: larger requests get "
+         "413, larger responses 502 (never truncated).", _positive(int)],
+        ["rate-limit", None, "500/300",
+         "Per-tunnel rate limit N/SECONDS: bursts of N requests, refilled "
+         "at N per SECONDS; beyond it visitors get 429 with Retry-After."],
+        ["ping-interval", None, 10.0,
+         "Seconds of silence on a tunnel connection before the proxy sends "
+         "a ping.", _positive(float)],
+        ["registration-timeout", None, 10.0,
+         "Seconds a new tunnel connection has to register before it is "
+         "closed.", _positive(float)],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, description):
+        """
+        Twisted server endpoint to serve on (repeatable), e.g. tcp:6519,
+        tcp:6519:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=crt.pem
+        [default: tcp:6519]
+        """
+        self["listen"].append(description)
+
+    def postOptions(self):
+        if not self["listen"]:
+            self["listen"] = ["tcp:6519"]
+        try:
+            self["rate-limit"] = parse_rate(self["rate-limit"])
+            validate_bus_url(self["bus"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        base = self["base"]
+        if not base.startswith(("http://", "https://")):
+            raise usage.UsageError(
+                "--base must be an http:// or https:// URL: {!r}".format(base)
+            )
+        domain = self["domain"]
+        if domain is not None:
+            domain = domain.strip().strip(".").lower()
+            if not domain or " " in domain or "/" in domain or ":" in domain:
+                raise usage.UsageError("--domain must be a DNS name: {!r}"
+                                       .format(self["domain"]))
+            self["domain"] = domain
+        from twisted.internet import reactor
+        for description in self["listen"]:
+            try:
+                endpoints.serverFromString(reactor, description)
+            except Exception as e:
+                raise usage.UsageError(
+                    "bad --listen {!r}: {}".format(description, e)
+                )
+
+
+def makeService(config, reactor=None):
+    """
+    Build the proxy service from parsed L{Options}; no I/O happens here.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from .service import ProxyService
+
+    return ProxyService(
+        reactor,
+        listen=config["listen"],
+        domain=config["domain"],
+        base=config["base"],
+        bus_url=config["bus"],
+        request_timeout=config["request-timeout"],
+        max_body=config["max-body"],
+        rate_limit=config["rate-limit"],
+        ping_interval=config["ping-interval"],
+        registration_timeout=config["registration-timeout"],
+    )

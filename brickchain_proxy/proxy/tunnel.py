@@ -1,0 +1,282 @@
+"""
+The proxy's side of a tunnel: the websocket at C{/proxy/subscribe}.
+
+The protocol class handles the wire only -- decode, dispatch to a
+C{handle_<type>} method, encode -- and leaves routing and correlation to the
+L{TunnelHub}.  It also owns two per-connection timers on the reactor's clock:
+the registration deadline and the idle ping.
+"""
+
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from twisted.logger import Logger
+
+from .. import features as _features
+from ..identity import RegistrationRefused, derive_client_id
+from ..messages import (
+    Disconnect,
+    HttpResponse,
+    MessageError,
+    Ping,
+    RegistrationRequest,
+    RegistrationResponse,
+    WSMessage,
+    WSResponse,
+    WSTeardown,
+    decode,
+    encode,
+)
+
+PING = encode(Ping())
+
+#: Close codes (RFC 6455).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class TunnelServerProtocol(WebSocketServerProtocol):
+    """
+    One client connection.  It may register several tunnels (v1 allows it);
+    each lives as long as the connection.
+    """
+
+    _log = Logger()
+
+    _opened = False
+    _registration_timer = None
+    _ping_timer = None
+    _peer_text = "?"
+
+    def onConnect(self, request):
+        self._peer_text = request.peer
+        return None
+
+    def onOpen(self):
+        try:
+            factory = self.factory
+            self._hub = factory.hub
+            self._clock = factory.clock
+            self.client_ids = set()
+            self.features = frozenset()
+            self._opened = True
+            self._last_sent = self._clock.seconds()
+            self._registration_timer = self._clock.callLater(
+                factory.registration_timeout, self._registration_expired
+            )
+            self._ping_timer = self._clock.callLater(
+                factory.ping_interval, self._ping_if_idle
+            )
+            factory.connections.add(self)
+        except Exception:
+            self._log.failure("tunnel connection setup failed")
+            self.dropConnection(abort=True)
+
+    # -- receiving ---------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        try:
+            message = decode(payload)
+        except MessageError as e:
+            self._log.warn(
+                "tunnel {peer}: malformed message ignored: {error}",
+                peer=self._peer_text, error=str(e),
+            )
+            if not self.client_ids:
+                self._refuse("malformed message: {}".format(e))
+            return
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self._log.debug(
+                "tunnel {peer}: ignoring {type} from client",
+                peer=self._peer_text, type=type(message).__name__,
+            )
+            return
+        try:
+            handler(self, message, payload)
+        except Exception:
+            self._log.failure(
+                "tunnel {peer}: handling {type} failed",
+                peer=self._peer_text, type=type(message).__name__,
+            )
+
+    def handle_registration(self, message, payload):
+        factory = self.factory
+        try:
+            token = factory.verifier.verify(
+                message.mandate_token, now=self._clock.seconds()
+            )
+            client_id = derive_client_id(token.jwk, message.session)
+            factory.authorize(client_id, token)
+        except RegistrationRefused as e:
+            self._log.warn(
+                "tunnel {peer}: registration refused: {reason}",
+                peer=self._peer_text, reason=e.reason,
+            )
+            self._refuse(e.reason)
+            return
+        offered = message.features
+        negotiated = _features.negotiate(offered, factory.features)
+        self.features = negotiated
+        self.client_ids.add(client_id)
+        if self._registration_timer is not None:
+            if self._registration_timer.active():
+                self._registration_timer.cancel()
+            self._registration_timer = None
+        self._hub.attach(client_id, self)
+        hostname = (
+            "{}.{}".format(client_id, factory.domain) if factory.domain else None
+        )
+        self.send_raw(
+            encode(
+                RegistrationResponse(
+                    id=message.id,
+                    key_id=client_id,
+                    hostname=hostname,
+                    features=sorted(negotiated) if offered is not None else None,
+                )
+            )
+        )
+        self._log.info(
+            "tunnel {client_id} registered from {peer} (features: {features})",
+            client_id=client_id, peer=self._peer_text,
+            features=",".join(sorted(negotiated)) or "v1",
+        )
+
+    def handle_reply(self, message, payload):
+        if not self._hub.reply(self, message, payload):
+            self._log.debug(
+                "tunnel {peer}: reply {id} nobody waits for (late or cancelled)",
+                peer=self._peer_text, id=message.id,
+            )
+
+    def handle_stream(self, message, payload):
+        self._hub.stream_from_tunnel(self, message, payload)
+
+    def handle_disconnect(self, message, payload):
+        self._log.info(
+            "tunnel {peer}: client said goodbye", peer=self._peer_text
+        )
+        self._drop_tunnels()
+        self.sendClose(CLOSE_NORMAL)
+
+    _handlers = {
+        RegistrationRequest: handle_registration,
+        HttpResponse: handle_reply,
+        WSResponse: handle_reply,
+        WSMessage: handle_stream,
+        WSTeardown: handle_stream,
+        Disconnect: handle_disconnect,
+    }
+
+    # -- sending -----------------------------------------------------------
+
+    def send_raw(self, data):
+        """
+        Send one encoded protocol message.
+        """
+        self._last_sent = self._clock.seconds()
+        self.sendMessage(data, isBinary=False)
+
+    def tunnel_taken_over(self, client_id):
+        """
+        A newer connection registered C{client_id}: this one goes.
+        """
+        self.client_ids.discard(client_id)
+        self._log.info(
+            "tunnel {client_id}: closing the older connection from {peer}",
+            client_id=client_id, peer=self._peer_text,
+        )
+        if not self.client_ids:
+            self.sendClose(CLOSE_POLICY, "replaced by a newer registration")
+
+    def go_away(self):
+        """
+        Close with 1001 (the proxy is shutting down) so the client reconnects.
+        """
+        self.sendClose(CLOSE_GOING_AWAY, "proxy shutting down")
+
+    # -- timers ------------------------------------------------------------
+
+    def _registration_expired(self):
+        self._registration_timer = None
+        self._log.warn(
+            "tunnel {peer}: no registration within {seconds} s, closing",
+            peer=self._peer_text, seconds=self.factory.registration_timeout,
+        )
+        self._refuse("no registration received in time")
+
+    def _ping_if_idle(self):
+        interval = self.factory.ping_interval
+        idle = self._clock.seconds() - self._last_sent
+        if idle >= interval:
+            self.send_raw(PING)
+            idle = 0
+        self._ping_timer = self._clock.callLater(
+            interval - idle, self._ping_if_idle
+        )
+
+    # -- closing -----------------------------------------------------------
+
+    def _refuse(self, reason):
+        # v1 sends the reason as a plain-text message; we then close (1008).
+        self.sendMessage(reason.encode("utf-8"), isBinary=False)
+        self.sendClose(CLOSE_POLICY, reason[:100])
+
+    def _drop_tunnels(self):
+        if self._opened:
+            self._hub.connection_lost(self)
+            self.client_ids.clear()
+
+    def onClose(self, wasClean, code, reason):
+        for timer in (self._registration_timer, self._ping_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._registration_timer = self._ping_timer = None
+        if self._opened:
+            self.factory.connections.discard(self)
+            if self.client_ids:
+                self._log.info(
+                    "tunnel {client_ids} disconnected (code {code})",
+                    client_ids=",".join(sorted(self.client_ids)), code=code,
+                )
+            self._drop_tunnels()
+            self._opened = False
+
+
+class TunnelServerFactory(WebSocketServerFactory):
+    """
+    Creates L{TunnelServerProtocol}s and holds what they share.
+
+    @ivar connections: the open tunnel connections (for shutdown).
+    """
+
+    protocol = TunnelServerProtocol
+
+    def __init__(self, hub, verifier, domain, clock, ping_interval=10.0,
+                 registration_timeout=10.0, max_message_size=4 * 1024 * 1024,
+                 features=_features.SUPPORTED, authorizer=None, url=None):
+        WebSocketServerFactory.__init__(self, url=url, reactor=clock)
+        self.hub = hub
+        self.verifier = verifier
+        self.domain = domain
+        self.clock = clock
+        self.ping_interval = ping_interval
+        self.registration_timeout = registration_timeout
+        self.features = frozenset(features)
+        self._authorizer = authorizer
+        self.connections = set()
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+    def authorize(self, client_id, token):
+        """
+        Raise L{RegistrationRefused} if C{client_id} may not register.
+        """
+        if self._authorizer is not None:
+            self._authorizer(client_id, token)

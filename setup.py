@@ -1,0 +1,48 @@
+"""Packaging for brickchain-proxy."""
+
+from setuptools import find_packages, setup
+
+with open("README.rst", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="brickchain-proxy",
+    version="0.1.0",
+    description=(
+        "Tunneling proxy: publish an HTTP or WebSocket service from behind a "
+        "firewall or NAT without opening an inbound port."
+    ),
+    long_description=long_description,
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["brickchain_proxy", "brickchain_proxy.*"])
+    + ["twisted.plugins"],
+    # twisted/plugins has no __init__.py on purpose: it extends Twisted's own
+    # plugin package, so `twistd --help` lists brickproxy and brickclient.
+    package_data={"twisted": ["plugins/brickchain_plugins.py"]},
+    install_requires=[
+        "twisted[tls]>=23.10.0",
+        "autobahn>=23.1.2",
+        "txredisapi>=1.4.10",
+        "pyopenssl>=23.0.0",
+        "service-identity>=23.1.0",
+        "cryptography>=41.0.0",
+        "jwcrypto>=1.5.0",
+        "treq>=23.11.0",
+        "orjson>=3.9.0",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "hypothesis>=6.90.0",
+            "coverage>=7.0",
+        ],
+        "speed": ["wsaccel>=0.6.6"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: Proxy Servers",
+    ],
+)
