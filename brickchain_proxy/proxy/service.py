@@ -92,6 +92,23 @@ class ProxyService(service.MultiService):
         yield self.hub.stop()
         yield self.backend.stop()
 
+    def set_base(self, base):
+        """
+        Change the base URL mandate tokens must name (e.g. once a test knows
+        the port it listens on).
+        """
+        self._base = base
+        self.tunnel_factory.verifier = TokenVerifier(base)
+
+    def when_listening(self):
+        """
+        @return: a L{Deferred} firing with the list of listening ports
+            (L{IListeningPort}) once every C{--listen} endpoint is bound.
+        """
+        return defer.gatherResults(
+            [server._waitingForPort for server in self.ports]
+        )
+
     def _housekeeping(self):
         self.limiter.prune()
         self.hub.renew_all()
