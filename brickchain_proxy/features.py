@@ -19,8 +19,16 @@ MULTI_HEADER = "multi-header"
 #: "/a%2Fb" reaches the local service unchanged.
 RAW_PATH = "raw-path"
 
+#: ws-teardown carries the websocket close "code" (int) and "reason"
+#: (string), so a close reaches the other side with its code.
+WS_CLOSE = "ws-close"
+
+#: ws-response carries "protocol": the subprotocol the local service chose,
+#: which the proxy then completes the visitor's handshake with.
+WS_SUBPROTOCOL = "ws-subprotocol"
+
 #: Everything this implementation speaks, in both roles.
-SUPPORTED = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH])
+SUPPORTED = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL])
 
 
 def negotiate(offered, supported=SUPPORTED):

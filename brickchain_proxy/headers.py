@@ -109,12 +109,14 @@ def wire_to_pairs(wire, drop=frozenset()):
     leaving out hop-by-hop headers and the lower-case names in C{drop}.
     Values are sent as UTF-8; CR and LF are removed (header injection).
     """
-    connection = wire.get("Connection")
-    also_drop = (
-        _connection_tokens([connection.encode("utf-8")])
-        if isinstance(connection, str)
-        else ()
-    )
+    # Any spelling of the name, and a list value under multi-header.
+    connection = [
+        v.encode("utf-8")
+        for k, value in wire.items() if k.lower() == "connection"
+        for v in (value if isinstance(value, list) else (value,))
+        if isinstance(v, str)
+    ]
+    also_drop = _connection_tokens(connection) if connection else ()
     for name, value in wire.items():
         lower = name.lower()
         if is_hop_by_hop(lower) or lower in drop or lower in also_drop:
@@ -139,3 +141,23 @@ def _clean(value):
     if "\r" in value or "\n" in value:
         value = value.replace("\r", " ").replace("\n", " ")
     return value.encode("utf-8")
+
+
+def add_forwarded_headers(request, headers):
+    """
+    Add X-Forwarded-For (appended to any the visitor sent), -Proto and -Host
+    for a twisted.web C{request} to a wire headers object.
+    """
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host:
+        previous = headers.get("X-Forwarded-For")
+        if isinstance(previous, list):
+            previous = ", ".join(previous)
+        headers["X-Forwarded-For"] = (
+            previous + ", " + host if previous else host
+        )
+    headers["X-Forwarded-Proto"] = "https" if request.isSecure() else "http"
+    visitor_host = request.getHeader(b"host")
+    if visitor_host:
+        headers["X-Forwarded-Host"] = visitor_host.decode("latin-1")

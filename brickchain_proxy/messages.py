@@ -244,6 +244,9 @@ class WSResponse(_Message):
 
     ok: bool
     error: str = ""
+    #: the subprotocol the local service chose (the C{ws-subprotocol}
+    #: extension; omitted on the wire when None).
+    protocol: Optional[str] = None
     id: str = _id_field()
     timestamp: str = _timestamp_field()
 
@@ -316,6 +319,10 @@ class WSTeardown(_Message):
 
     TYPE_URI = TYPE_PREFIX + "ws-teardown.json"
 
+    #: the websocket close code and reason (the C{ws-close} extension;
+    #: omitted on the wire when None / empty).
+    code: Optional[int] = None
+    reason: str = ""
     id: str = _id_field()
     timestamp: str = _timestamp_field()
 
@@ -494,6 +501,7 @@ def _decode_ws_response(doc):
         timestamp=_optional_str(doc, "@timestamp", ""),
         ok=ok,
         error=_optional_str(doc, "error", ""),
+        protocol=_optional_str(doc, "protocol", None),
     )
 
 
@@ -516,9 +524,15 @@ def _decode_ws_message(doc):
 
 
 def _decode_ws_teardown(doc):
+    code = doc.get("code")
+    if code is not None and (type(code) is not int or not 1000 <= code <= 4999):
+        raise MessageError("field 'code' must be a close code (1000-4999), not %r"
+                           % (code,))
     return WSTeardown(
         id=_required_str(doc, "@id"),
         timestamp=_optional_str(doc, "@timestamp", ""),
+        code=code,
+        reason=_optional_str(doc, "reason", ""),
     )
 
 
@@ -643,6 +657,8 @@ def _encode_ws_response(message):
     doc["ok"] = message.ok
     if message.error:
         doc["error"] = message.error
+    if message.protocol is not None:
+        doc["protocol"] = message.protocol
     return doc
 
 
@@ -656,7 +672,12 @@ def _encode_ws_message(message):
 
 
 def _encode_ws_teardown(message):
-    return _common(WSTeardown.TYPE_URI, message)
+    doc = _common(WSTeardown.TYPE_URI, message)
+    if message.code is not None:
+        doc["code"] = message.code
+        if message.reason:
+            doc["reason"] = message.reason
+    return doc
 
 
 def _encode_disconnect(message):

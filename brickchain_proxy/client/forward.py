@@ -152,6 +152,7 @@ class LocalForwarder:
         self.pool.maxPersistentPerHost = pool_size
         self.pool.cachedConnectionTimeout = 110
         self._agent = Agent(reactor, pool=self.pool)
+        self._in_flight = set()
 
     def url_for(self, message, features):
         """
@@ -194,7 +195,13 @@ class LocalForwarder:
         d.addCallback(self._read, message, features)
         d.addTimeout(self.timeout, self._reactor)
         d.addErrback(self._local_failed, message)
+        self._in_flight.add(d)
+        d.addBoth(self._finished, d)
         return d
+
+    def _finished(self, result, d):
+        self._in_flight.discard(d)
+        return result
 
     def _read(self, response, message, features):
         d = read_bounded(response, self.max_body)
@@ -239,8 +246,11 @@ class LocalForwarder:
 
     def close(self):
         """
-        Close pooled connections.
+        Give up requests still in flight (each still ends in an
+        http-response, a 502) and close pooled connections.
         """
+        for d in list(self._in_flight):
+            d.cancel()
         return self.pool.closeCachedConnections()
 
 

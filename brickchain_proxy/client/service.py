@@ -98,6 +98,7 @@ class TunnelClientService(service.MultiService):
         self._state_path = state_path
         self._ping_timeout = ping_timeout
         self._tls_options = tls_options
+        self._local_url = local_url
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body
         )
@@ -122,7 +123,7 @@ class TunnelClientService(service.MultiService):
         )
         factory = TunnelClientFactory(
             self.ws_url, self.proxy_url, self.key, self.forwarder, self._reactor,
-            session=self._session, ping_timeout=self._ping_timeout,
+            self._local_url, session=self._session, ping_timeout=self._ping_timeout,
             on_registered=self._registered, on_closed=self._closed,
         )
         self._connector = ClientService(

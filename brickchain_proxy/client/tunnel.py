@@ -23,9 +23,14 @@ from ..messages import (
     Ping,
     RegistrationRequest,
     RegistrationResponse,
+    WSMessage,
+    WSRequest,
+    WSTeardown,
     decode,
     encode,
 )
+from ..wsutil import TunnelBackpressure
+from .local_ws import LocalWebSockets
 
 
 class RegistrationFailed(Exception):
@@ -59,6 +64,15 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             self._pending_id = None
             self._watchdog = self._clock.callLater(
                 factory.ping_timeout / 4.0, self._check_alive
+            )
+            # Local websockets sending into the tunnel pause when it backs up.
+            self.backpressure = TunnelBackpressure()
+            self.transport.registerProducer(self.backpressure, True)
+            self.local_websockets = LocalWebSockets(
+                self._clock, factory.local_url, self.send_message, self.features,
+                timeout=factory.forwarder.timeout,
+                max_message_size=factory.forwarder.max_body,
+                backpressure=self.backpressure,
             )
             request = RegistrationRequest(
                 mandate_token=factory.key.sign_mandate_token(factory.proxy_url),
@@ -107,6 +121,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             return
         self.registration = message
         self.features = frozenset(message.features or ())
+        self.local_websockets.features = self.features
         self.factory.registered_with(self, message)
         d, self.registered = self.registered, None
         d.callback(message)
@@ -120,17 +135,34 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     def handle_ping(self, message):
         pass
 
+    def handle_ws_request(self, message):
+        self.local_websockets.open(message)
+
+    def handle_ws_message(self, message):
+        self.local_websockets.deliver(message)
+
+    def handle_ws_teardown(self, message):
+        self.local_websockets.teardown(message)
+
     _handlers = {
         RegistrationResponse: handle_registration,
         HttpRequest: handle_http_request,
         Ping: handle_ping,
+        WSRequest: handle_ws_request,
+        WSMessage: handle_ws_message,
+        WSTeardown: handle_ws_teardown,
     }
 
     # -- sending -----------------------------------------------------------
 
-    def _send_reply(self, message):
+    def send_message(self, message):
+        """
+        Encode and send one message to the proxy (if still connected).
+        """
         if self._opened:
             self.sendMessage(encode(message), isBinary=False)
+
+    _send_reply = send_message
 
     def say_goodbye(self):
         """
@@ -166,9 +198,16 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None
+        # Autobahn leaves its closing-handshake timer running when the TCP
+        # connection goes before the peer's close frame arrives (as when the
+        # proxy answers our disconnect by closing too): cancel it here.
+        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         if not self._opened:
             return
         self._opened = False
+        self.local_websockets.close_all()
         if self.registration is None:
             self._registration_failed(
                 "connection closed before registration ({}: {})".format(code, reason)
@@ -186,7 +225,8 @@ class TunnelClientFactory(WebSocketClientFactory):
 
     protocol = TunnelClientProtocol
 
-    def __init__(self, ws_url, proxy_url, key, forwarder, clock, session=None,
+    def __init__(self, ws_url, proxy_url, key, forwarder, clock, local_url,
+                 session=None,
                  ping_timeout=20.0, features=_features.SUPPORTED,
                  max_message_size=64 * 1024 * 1024, on_registered=None,
                  on_closed=None):
@@ -195,6 +235,7 @@ class TunnelClientFactory(WebSocketClientFactory):
         self.key = key
         self.forwarder = forwarder
         self.clock = clock
+        self.local_url = local_url
         self.session = session or None
         self.ping_timeout = ping_timeout
         self.features = frozenset(features)

@@ -19,10 +19,17 @@ Routing:
 Bus envelopes are byte strings: a one-letter kind, newline-separated header
 fields, then the raw protocol message untouched (never re-encoded)::
 
-    R <client_id> <from_instance> <message_id> <raw>   deliver to a tunnel
-    A <raw>                                            a reply, for its @id
-    F <message_id> <reason>                            that request failed
+    R <client_id> <from_instance> <message_id> <raw>   a request for a tunnel
+    S <client_id> <raw>                                a frame for a tunnel
+    T <client_id> <stream_id> <raw>                    a visitor closed
+    A <raw>                                            from a tunnel, for its @id
+    F <message_id> <reason>                            that request or stream failed
     K <client_id> <new_instance>                       you lost this tunnel
+
+Websockets ("streams") are opened with a ws-request correlated like any
+request; after that, frames flow without correlation, keyed by the stream id
+(the ws-request's @id) in L{TunnelHub.streams} on the visitor's side and in
+the relay table on the tunnel's side when the two are different instances.
 """
 
 import uuid
@@ -31,7 +38,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ..correlation import PendingRequests, TunnelGone
-from ..messages import MessageError, decode
+from ..messages import MessageError, WSMessage, WSTeardown, decode
 
 
 class TunnelOffline(Exception):
@@ -59,10 +66,28 @@ def instance_channel(instance_id):
     return "brickproxy:instance:" + instance_id
 
 
+class Stream:
+    """
+    A visitor websocket on this instance.
+
+    @ivar visitor: has C{deliver(message)} and C{tunnel_lost(reason)}.
+    @ivar owner: the tunnel connection it runs over (local), or the id of the
+        instance holding that tunnel (remote); L{None} until known.
+    """
+
+    __slots__ = ("visitor", "client_id", "owner")
+
+    def __init__(self, visitor, client_id):
+        self.visitor = visitor
+        self.client_id = client_id
+        self.owner = None
+
+
 class TunnelHub:
     """
     @ivar local: clientID -> connection, for the tunnels this instance holds.
     @ivar pending: requests waiting for a reply (L{PendingRequests}).
+    @ivar streams: stream id -> L{Stream}, the visitor websockets here.
     """
 
     _log = Logger()
@@ -76,6 +101,7 @@ class TunnelHub:
         self.instance_id = instance_id or uuid.uuid4().hex
         self.local = {}
         self.pending = PendingRequests(reactor)
+        self.streams = {}
         # message id -> (instance to answer, connection, expiry timer):
         # requests this instance relays for other instances.
         self._relays = {}
@@ -160,7 +186,11 @@ class TunnelHub:
         failed = self.pending.fail_owner(
             connection, TunnelGone("the tunnel's connection was lost")
         )
-        for message_id, (instance, conn, timer) in list(self._relays.items()):
+        lost = [sid for sid, st in self.streams.items() if st.owner is connection]
+        for stream_id in lost:
+            self.streams.pop(stream_id).visitor.tunnel_lost(
+                "the tunnel's connection was lost")
+        for message_id, (instance, conn, _timer) in list(self._relays.items()):
             if conn is connection:
                 self._fail_remote(message_id, instance,
                                   "the tunnel's connection was lost")
@@ -216,10 +246,12 @@ class TunnelHub:
             return d
         return self._remote_request(client_id, message_id, raw)
 
-    def _remote_request(self, client_id, message_id, raw):
+    def _remote_request(self, client_id, message_id, raw, stream=None):
         def found(owner):
             if owner is None or owner == self.instance_id:
                 raise TunnelOffline(client_id)
+            if stream is not None:
+                stream.owner = owner
             reply = self.pending.expect(message_id, owner, self.request_timeout)
             envelope = b"R\n%s\n%s\n%s\n%s" % (
                 client_id.encode("ascii"),
@@ -243,8 +275,9 @@ class TunnelHub:
             raise BusUnavailable(f.getErrorMessage())
 
         d = self._directory.lookup(client_id)
-        d.addCallback(found)
-        d.addErrback(lookup_failed)
+        # lookup_failed sees only the directory's failures: the reply's own
+        # (TimeoutError, RemoteFailure, ...) must reach the caller unchanged.
+        d.addCallbacks(found, lookup_failed)
         return d
 
     def reply(self, connection, message, raw):
@@ -259,18 +292,104 @@ class TunnelHub:
             return True
         relay = self._relays.get(message.id)
         if relay is not None and relay[1] is connection:
-            self._drop_relay(message.id)
+            if getattr(message, "ok", False):
+                # An accepted ws-response: the relay now carries the stream's
+                # frames until one side tears it down.
+                if relay[2] is not None and relay[2].active():
+                    relay[2].cancel()
+                self._relays[message.id] = (relay[0], connection, None)
+            else:
+                self._drop_relay(message.id)
             self._publish(relay[0], b"A\n" + raw)
             return True
         return False
 
+    # -- websockets --------------------------------------------------------
+
+    def open_stream(self, client_id, stream_id, raw, visitor):
+        """
+        Send the ws-request C{raw} (whose @id is C{stream_id}) for a visitor
+        websocket, and register the visitor so frames that follow the
+        ws-response find it at once.
+
+        @return: a L{Deferred} firing with the L{WSResponse} (failing as
+            L{request} does); on failure or cancel the stream is forgotten.
+        """
+        stream = Stream(visitor, client_id)
+        self.streams[stream_id] = stream
+        connection = self.local.get(client_id)
+        if connection is not None:
+            stream.owner = connection
+            d = self.pending.expect(stream_id, connection, self.request_timeout)
+            connection.send_raw(raw)
+        else:
+            d = self._remote_request(client_id, stream_id, raw, stream)
+
+        def refused(result):
+            if not getattr(result, "ok", True):
+                self.streams.pop(stream_id, None)
+            return result
+
+        def failed(f):
+            self.streams.pop(stream_id, None)
+            return f
+
+        d.addCallbacks(refused, failed)
+        return d
+
+    def stream_to_tunnel(self, stream_id, raw, last=False):
+        """
+        Send a frame (ws-message) or, with C{last}, the visitor's ws-teardown
+        for stream C{stream_id} to its tunnel.
+
+        @return: L{False} if the stream is unknown (already gone).
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return False
+        if last:
+            del self.streams[stream_id]
+        owner = stream.owner
+        if owner is None:
+            return False
+        if not isinstance(owner, str):
+            owner.send_raw(raw)
+        elif last:
+            self._publish(owner, b"T\n%s\n%s\n%s" % (
+                stream.client_id.encode("ascii"), stream_id.encode("ascii"), raw))
+        else:
+            self._publish(owner, b"S\n%s\n%s" % (
+                stream.client_id.encode("ascii"), raw))
+        return True
+
+    def forget_stream(self, stream_id):
+        """
+        Drop a stream without telling the tunnel (it is already gone).
+        """
+        self.streams.pop(stream_id, None)
+
     def stream_from_tunnel(self, connection, message, raw):
         """
-        A ws-message or ws-teardown from a tunnel connection.
+        A ws-message or ws-teardown from a tunnel connection: deliver it to
+        the visitor here, or relay it to the instance that has the visitor.
         """
+        stream_id = message.id
+        stream = self.streams.get(stream_id)
+        teardown = type(message) is not WSMessage
+        if stream is not None and stream.owner is connection:
+            if teardown:
+                del self.streams[stream_id]
+            stream.visitor.deliver(message)
+            return
+        relay = self._relays.get(stream_id)
+        if relay is not None and relay[1] is connection:
+            if teardown:
+                self._drop_relay(stream_id)
+            self._publish(relay[0], b"A\n" + raw)
+            return
         self._log.debug(
             "{type} for unknown websocket {id} ignored",
-            type=type(message).__name__, id=message.id,
+            type=type(message).__name__, id=stream_id,
         )
 
     # -- bus ---------------------------------------------------------------
@@ -284,10 +403,21 @@ class TunnelHub:
                 _, client_id, origin, message_id, raw = envelope.split(b"\n", 4)
                 self._relay(client_id.decode("ascii"), origin.decode("ascii"),
                             message_id.decode("ascii"), raw)
+            elif kind == b"S":
+                _, client_id, raw = envelope.split(b"\n", 2)
+                connection = self.local.get(client_id.decode("ascii"))
+                if connection is not None:
+                    connection.send_raw(raw)
+            elif kind == b"T":
+                _, client_id, stream_id, raw = envelope.split(b"\n", 3)
+                self._drop_relay(stream_id.decode("ascii"))
+                connection = self.local.get(client_id.decode("ascii"))
+                if connection is not None:
+                    connection.send_raw(raw)
             elif kind == b"F":
                 _, message_id, reason = envelope.split(b"\n", 2)
-                self.pending.fail(message_id.decode("ascii"),
-                                  RemoteFailure(reason.decode("utf-8", "replace")))
+                self._remote_failed(message_id.decode("ascii"),
+                                    reason.decode("utf-8", "replace"))
             elif kind == b"K":
                 _, client_id, new_owner = envelope.split(b"\n", 2)
                 self._taken_over(client_id.decode("ascii"))
@@ -298,9 +428,24 @@ class TunnelHub:
 
     def _remote_answer(self, raw):
         message = decode(raw)
+        message_type = type(message)
+        if message_type is WSMessage or message_type is WSTeardown:
+            stream = self.streams.get(message.id)
+            if stream is not None:
+                if message_type is WSTeardown:
+                    del self.streams[message.id]
+                stream.visitor.deliver(message)
+            return
         # The owner recorded for a remote request is the instance id; any
         # instance may answer (the tunnel may have moved), so do not check.
         self.pending.resolve(message.id, message)
+
+    def _remote_failed(self, message_id, reason):
+        if self.pending.fail(message_id, RemoteFailure(reason)):
+            return
+        stream = self.streams.pop(message_id, None)
+        if stream is not None:
+            stream.visitor.tunnel_lost(reason)
 
     def _relay(self, client_id, origin, message_id, raw):
         connection = self.local.get(client_id)
@@ -325,7 +470,7 @@ class TunnelHub:
 
     def _drop_relay(self, message_id):
         relay = self._relays.pop(message_id, None)
-        if relay is not None and relay[2].active():
+        if relay is not None and relay[2] is not None and relay[2].active():
             relay[2].cancel()
         return relay
 

@@ -3,7 +3,6 @@ The running proxy: composes the hub, the tunnel websocket factory, the
 public site and the listening endpoints into one service.
 """
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
@@ -13,7 +12,9 @@ from ..identity import TokenVerifier
 from ..ratelimit import TokenBucketLimiter
 from .hub import TunnelHub
 from .site import build_site
+from ..wsutil import WebSocketEndpointResource
 from .tunnel import TunnelServerFactory
+from .visitor_ws import VisitorFactory
 
 
 def max_message_size(max_body):
@@ -36,7 +37,8 @@ class ProxyService(service.MultiService):
 
     def __init__(self, reactor, listen, domain, base, bus_url="memory",
                  request_timeout=30.0, max_body=512000, rate_limit=(500, 300.0),
-                 ping_interval=10.0, registration_timeout=10.0):
+                 ping_interval=10.0, registration_timeout=10.0,
+                 ws_ping_interval=30.0):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -55,10 +57,15 @@ class ProxyService(service.MultiService):
             max_message_size=max_message_size(max_body),
             url=_ws_url(base),
         )
+        self.visitor_factory = VisitorFactory(
+            self.hub, reactor, max_message_size=max_body,
+            ping_interval=ws_ping_interval,
+        )
         self.site = build_site(
             domain, self.hub, self.limiter,
-            WebSocketResource(self.tunnel_factory),
+            WebSocketEndpointResource(self.tunnel_factory),
             max_body, request_timeout, reactor=reactor,
+            visitor_factory=self.visitor_factory,
         )
         self.ports = []
         for description in listen:

@@ -21,9 +21,10 @@ from twisted.web.resource import Resource
 from .. import __version__
 from ..correlation import TunnelGone
 from ..features import MULTI_HEADER, RAW_PATH
-from ..headers import headers_to_wire, wire_to_pairs
+from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..messages import HttpRequest, encode
 from .hub import BusUnavailable, RemoteFailure, TunnelOffline
+from .visitor_ws import accept_visitor, is_websocket_upgrade
 
 _DROP_FROM_REQUEST = frozenset(["host"])
 _DROP_FROM_RESPONSE = frozenset(["content-length"])
@@ -85,11 +86,13 @@ class PublicTunnel:
 
     _log = Logger()
 
-    def __init__(self, hub, limiter, max_body, request_timeout):
+    def __init__(self, hub, limiter, max_body, request_timeout,
+                 visitor_factory=None):
         self._hub = hub
         self._limiter = limiter
         self._max_body = max_body
         self._request_timeout = request_timeout
+        self._visitor_factory = visitor_factory
 
     def forward(self, request, client_id, raw_path):
         """
@@ -111,10 +114,13 @@ class PublicTunnel:
                 .format(int(wait) + 1),
             )
         features = self._hub.features_of(client_id)
+        if self._visitor_factory is not None and is_websocket_upgrade(request):
+            return accept_visitor(request, self._visitor_factory, client_id,
+                                  raw_path, features)
         headers = headers_to_wire(
             request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
         )
-        _add_forwarded(request, headers)
+        add_forwarded_headers(request, headers)
         raw_query = request.uri.partition(b"?")[2]
         path = raw_path.decode("utf-8", "replace")
         message = HttpRequest(
@@ -203,22 +209,6 @@ class PublicTunnel:
             self._log.failure("tunnelled request failed", failure)
             code, text = 500, "internal error in the proxy\n"
         _finish_plain(request, code, text)
-
-
-def _add_forwarded(request, headers):
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    if host:
-        previous = headers.get("X-Forwarded-For")
-        if isinstance(previous, list):
-            previous = ", ".join(previous)
-        headers["X-Forwarded-For"] = (
-            previous + ", " + host if previous else host
-        )
-    headers["X-Forwarded-Proto"] = "https" if request.isSecure() else "http"
-    visitor_host = request.getHeader(b"host")
-    if visitor_host:
-        headers["X-Forwarded-Host"] = visitor_host.decode("latin-1")
 
 
 def _plain(request, code, text):
@@ -335,12 +325,12 @@ class Root(Resource):
 
 
 def build_site(domain, hub, limiter, subscribe_resource, max_body,
-               request_timeout, reactor=None):
+               request_timeout, reactor=None, visitor_factory=None):
     """
     The proxy's public L{PublicSite}.
     """
     tunnel_resource = TunnelResource(
-        PublicTunnel(hub, limiter, max_body, request_timeout)
+        PublicTunnel(hub, limiter, max_body, request_timeout, visitor_factory)
     )
     root = Root(domain, tunnel_resource)
     root.putChild(b"", InfoResource(domain))

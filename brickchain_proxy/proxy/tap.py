@@ -57,6 +57,9 @@ class Options(usage.Options):
         ["ping-interval", None, 10.0,
          "Seconds of silence on a tunnel connection before the proxy sends "
          "a ping.", _positive(float)],
+        ["ws-ping-interval", None, 30.0,
+         "Seconds between websocket pings to idle visitor websockets (keeps "
+         "load balancers from cutting them; 0 disables).", float],
         ["registration-timeout", None, 10.0,
          "Seconds a new tunnel connection has to register before it is "
          "closed.", _positive(float)],
@@ -75,6 +78,8 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self):
+        if self["ws-ping-interval"] < 0:
+            raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
             self["listen"] = ["tcp:6519"]
         try:
@@ -123,4 +128,5 @@ def makeService(config, reactor=None):
         rate_limit=config["rate-limit"],
         ping_interval=config["ping-interval"],
         registration_timeout=config["registration-timeout"],
+        ws_ping_interval=config["ws-ping-interval"],
     )

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from .. import features as _features
 from ..identity import RegistrationRefused, derive_client_id
+from ..wsutil import TunnelBackpressure, close_websocket
 from ..messages import (
     Disconnect,
     HttpResponse,
@@ -70,6 +71,9 @@ class TunnelServerProtocol(WebSocketServerProtocol):
                 factory.ping_interval, self._ping_if_idle
             )
             factory.connections.add(self)
+            # Visitors sending into this tunnel pause when it backs up.
+            self.backpressure = TunnelBackpressure()
+            self.transport.registerProducer(self.backpressure, True)
         except Exception:
             self._log.failure("tunnel connection setup failed")
             self.dropConnection(abort=True)
@@ -160,7 +164,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             "tunnel {peer}: client said goodbye", peer=self._peer_text
         )
         self._drop_tunnels()
-        self.sendClose(CLOSE_NORMAL)
+        close_websocket(self, CLOSE_NORMAL)
 
     _handlers = {
         RegistrationRequest: handle_registration,
@@ -190,13 +194,13 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             client_id=client_id, peer=self._peer_text,
         )
         if not self.client_ids:
-            self.sendClose(CLOSE_POLICY, "replaced by a newer registration")
+            close_websocket(self, CLOSE_POLICY, "replaced by a newer registration")
 
     def go_away(self):
         """
         Close with 1001 (the proxy is shutting down) so the client reconnects.
         """
-        self.sendClose(CLOSE_GOING_AWAY, "proxy shutting down")
+        close_websocket(self, CLOSE_GOING_AWAY, "proxy shutting down")
 
     # -- timers ------------------------------------------------------------
 
@@ -223,7 +227,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     def _refuse(self, reason):
         # v1 sends the reason as a plain-text message; we then close (1008).
         self.sendMessage(reason.encode("utf-8"), isBinary=False)
-        self.sendClose(CLOSE_POLICY, reason[:100])
+        close_websocket(self, CLOSE_POLICY, reason)
 
     def _drop_tunnels(self):
         if self._opened:

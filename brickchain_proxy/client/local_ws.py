@@ -1,0 +1,274 @@
+"""
+The client's side of a tunnelled websocket: on ws-request, open a websocket
+to the local service (same path and query, forwarded headers and
+subprotocols) and answer ws-response; then relay frames both ways and turn a
+close on either side into ws-teardown.
+"""
+
+from urllib.parse import quote, urlsplit
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+)
+from twisted.internet import endpoints
+from twisted.logger import Logger
+
+from ..features import BINARY_WS, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL
+from ..headers import wire_to_pairs
+from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
+from ..wsutil import SendBufferWatch, close_websocket, is_open
+
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+# Handled by Autobahn itself, or specific to the visitor's hop.
+_DROP_FROM_LOCAL = frozenset(
+    ["host", "origin", "sec-websocket-protocol", "sec-websocket-key",
+     "sec-websocket-version", "sec-websocket-extensions", "content-length"]
+)
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+
+class LocalWebSocket(WebSocketClientProtocol):
+    """
+    The websocket to the local service for one tunnelled stream.
+    """
+
+    _log = Logger()
+
+    _opened = False
+    _closed_by_tunnel = False
+    _watch = None
+
+    def onConnect(self, response):
+        self.chosen_protocol = response.protocol
+
+    def onOpen(self):
+        factory = self.factory
+        self._opened = True
+        try:
+            self._watch = SendBufferWatch()
+            self.transport.registerProducer(self._watch, True)
+        except Exception:
+            self._log.failure("local websocket setup failed")
+        factory.manager.local_opened(factory.stream_id, self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.manager.local_message(self.factory.stream_id, payload, isBinary)
+
+    def deliver(self, message):
+        """
+        A ws-message from the visitor, through the tunnel.
+        """
+        try:
+            payload = message.payload()
+        except MessageError as e:
+            self._log.warn("bad ws-message from the proxy: {error}", error=str(e))
+            return
+        if not is_open(self):
+            return
+        watch = self._watch
+        if watch is not None and watch.backed_up:
+            self._buffered = getattr(self, "_buffered", 0) + len(payload)
+            if self._buffered > self.factory.manager.max_buffered:
+                self._log.warn("local websocket not reading; closing it")
+                self.close_from_tunnel(CLOSE_POLICY, "local service too slow")
+                self.factory.manager.local_closed(
+                    self.factory.stream_id, self, CLOSE_POLICY, "local service too slow")
+                return
+        else:
+            self._buffered = 0
+        self.sendMessage(payload, message.message_type == 2)
+
+    def close_from_tunnel(self, code, reason):
+        """
+        The visitor closed (or the tunnel went away): close our end.
+        """
+        self._closed_by_tunnel = True
+        close_websocket(self, code, reason)
+
+    def onClose(self, wasClean, code, reason):
+        manager = self.factory.manager
+        manager.forget_backpressure(self)
+        if not self._opened:
+            manager.local_failed(self.factory.stream_id, reason or "connection closed")
+            return
+        if code == CLOSE_TOO_BIG:
+            self._log.warn("local websocket closed: a message was over the limit")
+        if not self._closed_by_tunnel:
+            manager.local_closed(self.factory.stream_id, self, code, reason)
+
+
+class _LocalFactory(WebSocketClientFactory):
+    protocol = LocalWebSocket
+
+    def clientConnectionFailed(self, connector, reason):
+        pass
+
+
+class LocalWebSockets:
+    """
+    The local websockets of one tunnel connection, by stream id.
+
+    @param send: callable taking one message to send to the proxy.
+    @param features: the features negotiated on the tunnel.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, local_url, send, features, timeout=25.0,
+                 max_message_size=512000, backpressure=None, tls_options=None):
+        parts = urlsplit(local_url)
+        self._reactor = reactor
+        self._secure = parts.scheme in ("https", "wss")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._secure else 80)
+        self._netloc = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+        self._send = send
+        self.features = features
+        self.timeout = timeout
+        self.max_message_size = max_message_size
+        self.max_buffered = max(4 * max_message_size, 4 * 1024 * 1024)
+        self._backpressure = backpressure
+        self._tls_options = tls_options
+        self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
+
+    def url_for(self, message):
+        path = message.url or "/"
+        if RAW_PATH not in self.features:
+            path = quote(path, safe=_PATH_SAFE)
+        if not path.startswith("/"):
+            path = "/" + path
+        url = "{}://{}{}{}".format(
+            "wss" if self._secure else "ws", self._netloc, self._prefix, path)
+        if message.query:
+            url += "?" + message.query
+        return url
+
+    # -- from the proxy ----------------------------------------------------
+
+    def open(self, message):
+        """
+        A ws-request: connect to the local service.
+        """
+        stream_id = message.id
+        if stream_id in self.streams:
+            self._log.warn("duplicate ws-request {id} ignored", id=stream_id)
+            return
+        headers = {}
+        protocols = None
+        origin = None
+        for name, values in wire_to_pairs(message.headers, _DROP_FROM_LOCAL):
+            headers[name.decode("ascii")] = b", ".join(values).decode("utf-8")
+        for name, value in message.headers.items():
+            lower = name.lower()
+            values = value if isinstance(value, list) else [value]
+            if lower == "sec-websocket-protocol":
+                protocols = [p.strip() for v in values for p in v.split(",") if p.strip()]
+            elif lower == "origin":
+                origin = values[0]
+        try:
+            factory = _LocalFactory(
+                url=self.url_for(message), headers=headers, protocols=protocols,
+                origin=origin, reactor=self._reactor,
+            )
+        except Exception as e:
+            self._answer(stream_id, False, "bad websocket request: {}".format(e))
+            return
+        factory.manager = self
+        factory.stream_id = stream_id
+        factory.setProtocolOptions(
+            maxFramePayloadSize=self.max_message_size,
+            maxMessagePayloadSize=self.max_message_size,
+            openHandshakeTimeout=self.timeout,
+            failByDrop=False,
+        )
+        endpoint = endpoints.HostnameEndpoint(
+            self._reactor, self._host, self._port, timeout=self.timeout)
+        if self._secure:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = endpoints.wrapClientTLS(
+                self._tls_options or optionsForClientTLS(self._host), endpoint)
+        d = endpoint.connect(factory)
+        self.streams[stream_id] = d
+
+        def not_connected(f):
+            if self.streams.get(stream_id) is d:
+                del self.streams[stream_id]
+                self._answer(stream_id, False, "cannot reach the local service: {}"
+                             .format(f.getErrorMessage()))
+            return None
+
+        d.addErrback(not_connected)
+
+    def deliver(self, message):
+        """
+        A ws-message from the visitor.
+        """
+        local = self.streams.get(message.id)
+        if isinstance(local, LocalWebSocket):
+            local.deliver(message)
+
+    def teardown(self, message):
+        """
+        The visitor closed its websocket.
+        """
+        local = self.streams.pop(message.id, None)
+        if local is None:
+            return
+        if isinstance(local, LocalWebSocket):
+            local.close_from_tunnel(message.code or 1000, message.reason)
+        else:
+            local.cancel()  # still connecting
+
+    def close_all(self):
+        """
+        The tunnel connection is gone: close every local websocket (1001).
+        """
+        streams, self.streams = self.streams, {}
+        for local in streams.values():
+            if isinstance(local, LocalWebSocket):
+                local.close_from_tunnel(CLOSE_GOING_AWAY, "tunnel closed")
+            else:
+                local.cancel()
+
+    # -- from the local websockets -----------------------------------------
+
+    def local_opened(self, stream_id, local):
+        if stream_id not in self.streams:
+            # The visitor gave up while we were connecting.
+            local.close_from_tunnel(CLOSE_GOING_AWAY, "visitor gone")
+            return
+        self.streams[stream_id] = local
+        if self._backpressure is not None:
+            self._backpressure.add(local)
+        chosen = local.chosen_protocol if WS_SUBPROTOCOL in self.features else None
+        self._answer(stream_id, True, protocol=chosen or None)
+
+    def local_failed(self, stream_id, reason):
+        if self.streams.pop(stream_id, None) is not None:
+            self._answer(stream_id, False, "the local service refused the "
+                         "websocket: {}".format(reason))
+
+    def local_message(self, stream_id, payload, is_binary):
+        self._send(WSMessage.from_payload(
+            stream_id, payload, is_binary, BINARY_WS in self.features))
+
+    def forget_backpressure(self, local):
+        if self._backpressure is not None:
+            self._backpressure.discard(local)
+
+    def local_closed(self, stream_id, local, code, reason):
+        if self.streams.get(stream_id) is not local:
+            return
+        del self.streams[stream_id]
+        if WS_CLOSE in self.features and code is not None and 1000 <= code <= 4999:
+            self._send(WSTeardown(id=stream_id, code=code, reason=reason or ""))
+        else:
+            self._send(WSTeardown(id=stream_id))
+
+    def _answer(self, stream_id, ok, error="", protocol=None):
+        self._send(WSResponse(id=stream_id, ok=ok, error=error, protocol=protocol))

@@ -1,0 +1,300 @@
+"""
+Visitor websockets: a public websocket upgrade on a tunnel route becomes a
+ws-request to the tunnel; the visitor's handshake completes only once the
+client's ws-response says ok (Autobahn's C{onConnect} returns a Deferred).
+Then frames flow both ways as ws-message, and a close on either side becomes
+ws-teardown.
+
+Flow control:
+
+  - visitor -> tunnel: the tunnel connection's transport is the consumer;
+    when it backs up, every visitor of that tunnel connection stops being
+    read (L{TunnelBackpressure}), so frames wait in the visitors' sockets,
+    not in our memory;
+  - tunnel -> visitor: a visitor that does not read what we send it is
+    closed once more than C{max_buffered} bytes wait for it, so one stuck
+    visitor can neither grow memory nor stall the tunnel for everyone else.
+"""
+
+from urllib.parse import unquote
+
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.logger import Logger
+from twisted.web.http import RESPONSES
+from twisted.web.server import NOT_DONE_YET
+
+from ..correlation import TunnelGone
+from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL
+from ..headers import add_forwarded_headers, headers_to_wire
+from ..messages import MessageError, WSMessage, WSRequest, WSTeardown, encode
+from ..wsutil import (
+    SendBufferWatch,
+    close_websocket,
+    is_open,
+    take_over_connection,
+)
+from .hub import BusUnavailable, RemoteFailure, TunnelOffline
+
+#: Request headers that belong to this hop's websocket handshake only.
+_DROP_FROM_WS_REQUEST = frozenset(
+    ["host", "sec-websocket-key", "sec-websocket-version",
+     "sec-websocket-extensions"]
+)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+
+def is_websocket_upgrade(request):
+    """
+    Whether a twisted.web request asks for a websocket upgrade.
+    """
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    if not upgrade or upgrade[0].strip().lower() != b"websocket":
+        return False
+    connection = request.requestHeaders.getRawHeaders(b"connection") or ()
+    return any(b"upgrade" in value.lower() for value in connection)
+
+
+class VisitorProtocol(WebSocketServerProtocol):
+    """
+    One visitor's websocket, tunnelled as stream C{stream_id}.
+
+    C{route} is set by L{accept_visitor} before the handshake is parsed:
+    C{(client_id, stream_id, raw ws-request, features)}.
+    """
+
+    _log = Logger()
+
+    route = None
+    _pending = None
+    _stream_open = False
+    _teardown_sent = False
+    _drain = None
+    _backpressure = None
+    _buffered_since_backup = 0
+
+    def onConnect(self, request):
+        try:
+            client_id, stream_id, raw, features = self.route
+            d = self.factory.hub.open_stream(client_id, stream_id, raw, self)
+        except Exception:
+            self._log.failure("could not open a tunnelled websocket")
+            raise ConnectionDeny(500, "internal error in the proxy")
+        self._pending = d
+        offered = request.protocols
+        d.addCallbacks(self._accepted, self._refused,
+                       callbackArgs=(offered, features))
+        return d
+
+    def _accepted(self, response, offered, features):
+        self._pending = None
+        client_id = self.route[0]
+        if not response.ok:
+            self._log.info(
+                "tunnel {client_id}: websocket refused by the client: {error}",
+                client_id=client_id, error=response.error,
+            )
+            raise ConnectionDeny(
+                502, "the tunnel's local service refused the websocket: {}".format(
+                    response.error or "no reason given")
+            )
+        self._stream_open = True
+        chosen = response.protocol
+        if WS_SUBPROTOCOL in features and chosen in offered:
+            return chosen
+        return None
+
+    def _refused(self, failure):
+        self._pending = None
+        client_id = self.route[0]
+        if failure.check(ConnectionDeny):
+            return failure
+        if failure.check(CancelledError):
+            raise ConnectionDeny(499, "the visitor went away")
+        if failure.check(TunnelOffline):
+            raise ConnectionDeny(502, "tunnel {} is not connected".format(client_id))
+        if failure.check(TimeoutError):
+            self._teardown()
+            raise ConnectionDeny(
+                504, "the tunnel did not answer within {:g} seconds".format(
+                    self.factory.hub.request_timeout))
+        if failure.check(TunnelGone):
+            raise ConnectionDeny(
+                502, "the tunnel's connection was lost before it answered")
+        if failure.check(BusUnavailable):
+            raise ConnectionDeny(
+                503, "the tunnel is connected to another proxy instance, which "
+                "cannot be reached right now")
+        if failure.check(RemoteFailure):
+            raise ConnectionDeny(502, "tunnel {}: {}".format(
+                client_id, failure.getErrorMessage()))
+        self._log.failure("opening a tunnelled websocket failed", failure)
+        raise ConnectionDeny(500, "internal error in the proxy")
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
+        # Autobahn sends only a status line; visitors deserve the reason in
+        # the body too, like every other error from this proxy.
+        body = (reason + "\n").encode("utf-8")
+        phrase = RESPONSES.get(code, b"Error").decode("latin-1")
+        head = ["HTTP/1.1 {} {}".format(code, phrase),
+                "Content-Type: text/plain; charset=utf-8",
+                "Content-Length: {}".format(len(body)),
+                "Connection: close"]
+        for name, value in responseHeaders or ():
+            head.append("{}: {}".format(name, value))
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + body)
+
+    def onOpen(self):
+        try:
+            self._drain = SendBufferWatch()
+            self.transport.registerProducer(self._drain, True)
+            tunnel = self.factory.hub.local.get(self.route[0])
+            if tunnel is not None:
+                self._backpressure = tunnel.backpressure
+                self._backpressure.add(self)
+        except Exception:
+            self._log.failure("visitor websocket setup failed")
+
+    # -- visitor -> tunnel -------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        stream_id = self.route[1]
+        message = WSMessage.from_payload(
+            stream_id, payload, isBinary, BINARY_WS in self.route[3]
+        )
+        if not self.factory.hub.stream_to_tunnel(stream_id, encode(message)):
+            close_websocket(self, CLOSE_GOING_AWAY, "the tunnel is gone")
+
+    def onClose(self, wasClean, code, reason):
+        if self._backpressure is not None:
+            self._backpressure.discard(self)
+            self._backpressure = None
+        if self._pending is not None:
+            # The visitor left before the tunnel answered the ws-request.
+            pending, self._pending = self._pending, None
+            pending.cancel()
+            self._teardown()
+            return
+        if self._stream_open:
+            self._stream_open = False
+            if code == CLOSE_TOO_BIG:
+                self._log.warn(
+                    "tunnel {client_id}: visitor websocket closed, a message was "
+                    "over the limit of {limit} bytes",
+                    client_id=self.route[0], limit=self.factory.max_message_size,
+                )
+            self._teardown(code, reason)
+
+    def _teardown(self, code=None, reason=None):
+        if self._teardown_sent or self.route is None:
+            return
+        self._teardown_sent = True
+        stream_id = self.route[1]
+        if WS_CLOSE in self.route[3] and code is not None and 1000 <= code <= 4999:
+            teardown = WSTeardown(id=stream_id, code=code, reason=reason or "")
+        else:
+            teardown = WSTeardown(id=stream_id)
+        if not self.factory.hub.stream_to_tunnel(stream_id, encode(teardown), last=True):
+            self.factory.hub.forget_stream(stream_id)
+
+    # -- tunnel -> visitor -------------------------------------------------
+
+    def deliver(self, message):
+        """
+        A ws-message or ws-teardown for this visitor from the tunnel.
+        """
+        if type(message) is WSMessage:
+            try:
+                payload = message.payload()
+            except MessageError as e:
+                self._log.warn("bad ws-message from tunnel {client_id}: {error}",
+                               client_id=self.route[0], error=str(e))
+                return
+            if not is_open(self):
+                return
+            if self._drain is not None and self._drain.backed_up:
+                self._buffered_since_backup += len(payload)
+                if self._buffered_since_backup > self.factory.max_buffered:
+                    self._log.warn(
+                        "tunnel {client_id}: visitor websocket not reading; "
+                        "closing it", client_id=self.route[0],
+                    )
+                    self._teardown(CLOSE_POLICY, "visitor too slow")
+                    close_websocket(self, CLOSE_POLICY, "too slow to read")
+                    return
+            else:
+                self._buffered_since_backup = 0
+            self.sendMessage(payload, message.message_type == 2)
+        else:
+            # The tunnel side closed: don't send a teardown back.
+            self._teardown_sent = True
+            self._stream_open = False
+            close_websocket(self, message.code or 1000, message.reason)
+
+    def tunnel_lost(self, reason):
+        """
+        The tunnel carrying this websocket is gone: close with 1001.
+        """
+        self._teardown_sent = True
+        self._stream_open = False
+        close_websocket(self, CLOSE_GOING_AWAY, reason)
+
+
+class VisitorFactory(WebSocketServerFactory):
+    """
+    Shared settings of visitor websockets.
+    """
+
+    protocol = VisitorProtocol
+
+    def __init__(self, hub, clock, max_message_size, ping_interval=30.0,
+                 max_buffered=None):
+        WebSocketServerFactory.__init__(self, reactor=clock)
+        self.hub = hub
+        self.max_message_size = max_message_size
+        self.max_buffered = max_buffered or max(4 * max_message_size, 4 * 1024 * 1024)
+        options = dict(
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            # Send the 1009 close frame rather than just dropping TCP.
+            failByDrop=False,
+            openHandshakeTimeout=0,
+        )
+        if ping_interval:
+            options.update(autoPingInterval=ping_interval,
+                           autoPingTimeout=ping_interval)
+        self.setProtocolOptions(**options)
+
+
+def accept_visitor(request, factory, client_id, raw_path, features):
+    """
+    Take over a twisted.web request's connection for a visitor websocket
+    (as L{autobahn.twisted.resource.WebSocketResource} does), with the
+    ws-request for the tunnel prepared from the request.
+    """
+    headers = headers_to_wire(
+        request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_WS_REQUEST
+    )
+    # headers_to_wire drops Connection/Upgrade as hop-by-hop already.
+    path = raw_path.decode("utf-8", "replace")
+    if RAW_PATH not in features:
+        path = unquote(path, errors="replace")
+    message = WSRequest(
+        url=path,
+        query=request.uri.partition(b"?")[2].decode("utf-8", "replace"),
+        headers=headers,
+    )
+    add_forwarded_headers(request, message.headers)
+    protocol = factory.buildProtocol(request.transport.getPeer())
+    protocol.route = (client_id, message.id, encode(message), features)
+    take_over_connection(request, protocol)
+    return NOT_DONE_YET
+
+

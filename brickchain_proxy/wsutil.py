@@ -1,0 +1,168 @@
+"""
+Small helpers for Autobahn websocket protocols shared by proxy and client.
+"""
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+#: Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
+_UNSENDABLE = frozenset([1005, 1006, 1015])
+
+
+def close_websocket(protocol, code=1000, reason=""):
+    """
+    Start the closing handshake with any valid close code.
+
+    Autobahn's C{sendClose} only allows 1000 and 3000-4999; a proxy must
+    relay 1001, 1008, 1009, 1011 and friends too.  Code 1006 (abnormal
+    closure) cannot be sent: the connection is dropped instead, which is
+    what the other side would have seen.  Safe to call in any state.
+    """
+    state = protocol.state
+    if state == WebSocketProtocol.STATE_OPEN:
+        if code == 1006 or code == 1015:
+            protocol.dropConnection(abort=True)
+            return
+        if code is None or code in _UNSENDABLE:
+            protocol.sendCloseFrame(isReply=False)
+            return
+        payload = None
+        if reason:
+            payload = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        protocol.sendCloseFrame(code=code, reasonUtf8=payload, isReply=False)
+    elif state in (WebSocketProtocol.STATE_CONNECTING,
+                   WebSocketProtocol.STATE_PROXY_CONNECTING):
+        protocol.dropConnection(abort=True)
+
+
+def is_open(protocol):
+    """
+    Whether C{protocol} can send messages.
+    """
+    return protocol.state == WebSocketProtocol.STATE_OPEN
+
+
+def take_over_connection(request, protocol):
+    """
+    Hand a twisted.web request's connection to a websocket C{protocol} (as
+    Autobahn's C{WebSocketResource} does) and replay the request's head to
+    it.  Also stops the HTTP channel's idle timer and removes it as the
+    transport's producer, so the websocket protocol owns the connection.
+    """
+    from twisted.protocols.policies import ProtocolWrapper
+
+    channel = request.channel
+    channel.setTimeout(None)
+    transport, channel.transport = channel.transport, None
+    network = getattr(channel, "_networkProducer", None)
+    if network is not None:
+        network.unregisterProducer()
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    if network is not None:
+        network.resumeProducing()
+    elif hasattr(transport, "resumeProducing"):
+        transport.resumeProducing()
+    data = [request.method, b" ", request.uri, b" HTTP/1.1\r\n"]
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        data += [name, b": ", b",".join(values), b"\r\n"]
+    data.append(b"\r\n")
+    protocol.dataReceived(b"".join(data))
+
+
+@implementer(IResource)
+class WebSocketEndpointResource:
+    """
+    A twisted.web leaf resource serving websockets from an Autobahn factory
+    (L{take_over_connection}); plain HTTP gets 426 Upgrade Required.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def render(self, request):
+        from twisted.web.server import NOT_DONE_YET
+
+        if request.channel.transport is None or not _asks_upgrade(request):
+            request.setResponseCode(426)
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"this is a websocket endpoint\n"
+        protocol = self._factory.buildProtocol(request.transport.getPeer())
+        take_over_connection(request, protocol)
+        return NOT_DONE_YET
+
+
+def _asks_upgrade(request):
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    return bool(upgrade) and upgrade[0].strip().lower() == b"websocket"
+
+
+@implementer(IPushProducer)
+class TunnelBackpressure:
+    """
+    Registered as the producer on a tunnel connection's transport: when the
+    transport's buffer fills, stop reading every websocket (visitors on the
+    proxy, local websockets on the client) that sends into that tunnel;
+    resume them when it drains.
+    """
+
+    def __init__(self):
+        self.visitors = set()
+        self.paused = False
+
+    def add(self, visitor):
+        self.visitors.add(visitor)
+        if self.paused:
+            visitor.transport.pauseProducing()
+
+    def discard(self, visitor):
+        self.visitors.discard(visitor)
+
+    def pauseProducing(self):
+        self.paused = True
+        for visitor in self.visitors:
+            visitor.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        for visitor in self.visitors:
+            visitor.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.visitors.clear()
+
+
+@implementer(IPushProducer)
+class SendBufferWatch:
+    """
+    Registered as the producer on a websocket's transport only to learn when
+    its send buffer is full (paused) and when it has drained (resumed).
+    """
+
+    def __init__(self):
+        self.backed_up = False
+
+    def pauseProducing(self):
+        self.backed_up = True
+
+    def resumeProducing(self):
+        self.backed_up = False
+
+    def stopProducing(self):
+        self.backed_up = False
