@@ -57,6 +57,8 @@ class TokenBucketLimiter:
 
     def __init__(self, clock, count, period):
         self._clock = clock
+        self.count = count
+        self.period = period
         self.capacity = float(count)
         self.rate = count / period  # tokens per second
         self._buckets = {}  # key -> [tokens, last_seconds]

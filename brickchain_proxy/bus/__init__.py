@@ -1,30 +1,32 @@
 """
-Message bus and tunnel directory backends, chosen by URL (C{--bus}).
+Message bus and tunnel directory backends, chosen by URL (C{--bus}):
+C{memory} (one process, the default) or C{redis://} / C{rediss://}.
 """
 
-from .interface import IBus, ITunnelDirectory
+from .interface import BusUnavailable, IBus, ITunnelDirectory
 from .memory import MemoryBus, MemoryDirectory
 
 
-class Backend:
+class MemoryBackend:
     """
-    What one C{--bus} URL gives a proxy instance: a bus and a directory,
-    plus how to start and stop them.
+    The in-memory backend: a bus and a directory in this process.
     """
 
-    def __init__(self, bus, directory, start=None, stop=None):
-        self.bus = bus
-        self.directory = directory
-        self._start = start
-        self._stop = stop
+    def __init__(self, reactor):
+        self.bus = MemoryBus(reactor)
+        self.directory = MemoryDirectory()
 
     def start(self):
-        if self._start is not None:
-            return self._start()
+        pass
 
     def stop(self):
-        if self._stop is not None:
-            return self._stop()
+        return self.bus.close()
+
+    def on_reconnect(self, listener):
+        pass
+
+    def rate_limiter(self, local_limiter):
+        return local_limiter
 
 
 def validate_bus_url(url):
@@ -35,19 +37,30 @@ def validate_bus_url(url):
     """
     if url == "memory":
         return url
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import parse_redis_url
+
+        parse_redis_url(url)
+        return url
     raise ValueError(
-        "unsupported --bus {!r}: use 'memory'".format(url)
+        "unsupported --bus {!r}: use 'memory' or redis://[:password@]host[:port][/db] "
+        "(rediss:// for TLS)".format(url)
     )
 
 
-def open_backend(url, reactor):
+def open_backend(url, reactor, directory_ttl=60):
     """
-    Build (without connecting) the backend a C{--bus} URL names.
+    Build (without connecting) the backend a C{--bus} URL names.  It has
+    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)}
+    and C{rate_limiter(local_limiter)}.
     """
     validate_bus_url(url)
-    bus = MemoryBus(reactor)
-    return Backend(bus, MemoryDirectory(), stop=bus.close)
+    if url == "memory":
+        return MemoryBackend(reactor)
+    from .redis import RedisBackend
+
+    return RedisBackend(url, reactor, directory_ttl=directory_ttl)
 
 
-__all__ = ["IBus", "ITunnelDirectory", "MemoryBus", "MemoryDirectory",
-           "Backend", "open_backend", "validate_bus_url"]
+__all__ = ["IBus", "ITunnelDirectory", "BusUnavailable", "MemoryBus",
+           "MemoryDirectory", "MemoryBackend", "open_backend", "validate_bus_url"]

@@ -10,6 +10,12 @@ request path: a tunnel held by this instance is served straight from a dict.
 from zope.interface import Attribute, Interface
 
 
+class BusUnavailable(Exception):
+    """
+    The bus (or directory) cannot be reached right now.
+    """
+
+
 class IBus(Interface):
     """
     Publish/subscribe of opaque byte strings by channel name.
@@ -23,7 +29,9 @@ class IBus(Interface):
         Send C{payload} (L{bytes}) to every current subscriber of C{channel}
         (L{str}).
 
-        @return: a L{Deferred} that fires when the bus has taken the message.
+        @return: a L{Deferred} firing with the number of subscribers that
+            received it (0: nobody listens there), or failing with
+            L{BusUnavailable}.
         """
 
     def subscribe(channel, handler):

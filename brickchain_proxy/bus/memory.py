@@ -34,10 +34,12 @@ class MemoryBus:
         self._scheduled = None
 
     def publish(self, channel, payload):
-        self._queue.append((channel, payload))
-        if self._scheduled is None:
-            self._scheduled = self._reactor.callLater(0, self._deliver)
-        return succeed(None)
+        receivers = len(self._handlers.get(channel, ()))
+        if receivers:
+            self._queue.append((channel, payload))
+            if self._scheduled is None:
+                self._scheduled = self._reactor.callLater(0, self._deliver)
+        return succeed(receivers)
 
     def subscribe(self, channel, handler):
         self._handlers.setdefault(channel, []).append(handler)

@@ -34,22 +34,17 @@ the relay table on the tunnel's side when the two are different instances.
 
 import uuid
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.logger import Logger
 
+from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
-from ..messages import MessageError, WSMessage, WSTeardown, decode
+from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
 
 
 class TunnelOffline(Exception):
     """
     No proxy instance holds a connection for this tunnel.
-    """
-
-
-class BusUnavailable(Exception):
-    """
-    The tunnel lives on another instance and the bus could not reach it.
     """
 
 
@@ -213,9 +208,14 @@ class TunnelHub:
                     connection.tunnel_taken_over(client_id)
 
             d.addCallback(renewed)
-            d.addErrback(
-                lambda f: self._log.failure("directory renewal failed", f)
-            )
+            d.addErrback(self._renew_failed)
+
+    def _renew_failed(self, failure):
+        if failure.check(BusUnavailable):
+            self._log.warn("cannot renew tunnels in the directory: {error}",
+                           error=failure.getErrorMessage())
+        else:
+            self._log.failure("directory renewal failed", failure)
 
     def features_of(self, client_id):
         """
@@ -260,17 +260,31 @@ class TunnelHub:
                 raw,
             )
             published = self._bus.publish(instance_channel(owner), envelope)
-            published.addErrback(
+
+            def delivered(receivers):
+                if receivers == 0:
+                    # Nobody listens for that instance: it died without
+                    # releasing its tunnels.  Drop its stale entry.
+                    self._log.info(
+                        "tunnel {client_id}: instance {owner} is gone",
+                        client_id=client_id, owner=owner,
+                    )
+                    self._directory.release(client_id, owner).addErrback(
+                        lambda f: None)
+                    self.pending.fail(message_id, TunnelOffline(client_id))
+
+            published.addCallbacks(
+                delivered,
                 lambda f: self.pending.fail(
                     message_id, BusUnavailable(f.getErrorMessage())
-                )
+                ),
             )
             # Returning the reply Deferred chains it: cancelling the result
             # cancels the reply, whose canceller removes the pending entry.
             return reply
 
         def lookup_failed(f):
-            if f.check(TunnelOffline, CancelledError):
+            if f.check(CancelledError, BusUnavailable):
                 return f
             raise BusUnavailable(f.getErrorMessage())
 
@@ -332,6 +346,17 @@ class TunnelHub:
 
         def failed(f):
             self.streams.pop(stream_id, None)
+            if f.check(CancelledError, TimeoutError) and stream.owner is not None:
+                # The ws-request went out but the visitor no longer waits
+                # (it left, or got its 504): tell the client, or it would
+                # keep the local websocket open forever once it opens.
+                teardown = encode(WSTeardown(id=stream_id))
+                if isinstance(stream.owner, str):
+                    self._publish(stream.owner, b"T\n%s\n%s\n%s" % (
+                        client_id.encode("ascii"), stream_id.encode("ascii"),
+                        teardown))
+                else:
+                    stream.owner.send_raw(teardown)
             return f
 
         d.addCallbacks(refused, failed)
@@ -358,9 +383,17 @@ class TunnelHub:
             self._publish(owner, b"T\n%s\n%s\n%s" % (
                 stream.client_id.encode("ascii"), stream_id.encode("ascii"), raw))
         else:
-            self._publish(owner, b"S\n%s\n%s" % (
+            d = self._publish(owner, b"S\n%s\n%s" % (
                 stream.client_id.encode("ascii"), raw))
+            d.addCallback(self._check_stream_receiver, stream_id)
         return True
+
+    def _check_stream_receiver(self, receivers, stream_id):
+        if receivers == 0:
+            # The instance holding the tunnel is gone.
+            stream = self.streams.pop(stream_id, None)
+            if stream is not None:
+                stream.visitor.tunnel_lost("the tunnel's proxy instance is gone")
 
     def forget_stream(self, stream_id):
         """
@@ -481,8 +514,15 @@ class TunnelHub:
 
     def _publish(self, instance, envelope):
         d = self._bus.publish(instance_channel(instance), envelope)
-        d.addErrback(lambda f: self._log.failure("bus publish failed", f))
+        d.addErrback(self._publish_failed)
         return d
+
+    def _publish_failed(self, failure):
+        if failure.check(BusUnavailable):
+            self._log.warn("bus unavailable: {error}", error=failure.getErrorMessage())
+        else:
+            self._log.failure("bus publish failed", failure)
+        return None
 
 
 __all__ = ["TunnelHub", "TunnelOffline", "BusUnavailable", "RemoteFailure",

@@ -46,7 +46,10 @@ class ProxyService(service.MultiService):
             reactor, self.backend.bus, self.backend.directory,
             request_timeout=request_timeout,
         )
-        self.limiter = TokenBucketLimiter(reactor, *rate_limit)
+        self.local_limiter = TokenBucketLimiter(reactor, *rate_limit)
+        self.limiter = self.backend.rate_limiter(self.local_limiter)
+        # After a Redis restart, claim our tunnels again at once.
+        self.backend.on_reconnect(self.hub.renew_all)
         self.tunnel_factory = TunnelServerFactory(
             self.hub,
             TokenVerifier(base),
@@ -74,7 +77,10 @@ class ProxyService(service.MultiService):
             server._raiseSynchronously = True
             server.setServiceParent(self)
             self.ports.append(server)
-        housekeeping = internet.TimerService(60, self._housekeeping)
+        ttl = self.backend.directory.ttl
+        housekeeping = internet.TimerService(
+            min(60.0, ttl / 3.0) if ttl else 60.0, self._housekeeping
+        )
         housekeeping.clock = reactor
         housekeeping.setServiceParent(self)
         self._domain = domain

@@ -13,7 +13,7 @@ import io
 import json
 from urllib.parse import unquote
 
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 from twisted.web import pages, server
 from twisted.web.resource import Resource
@@ -106,13 +106,24 @@ class PublicTunnel:
                 .format(self._max_body),
             )
         wait = self._limiter.check(client_id)
+        if isinstance(wait, Deferred):
+            # The shared (Redis) limiter answers asynchronously.
+            wait.addCallback(self._after_limit, request, client_id, raw_path)
+            wait.addErrback(self._internal_error, request)
+            return server.NOT_DONE_YET
+        return self._after_limit(wait, request, client_id, raw_path)
+
+    def _after_limit(self, wait, request, client_id, raw_path):
         if wait is not None:
             request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1,))
-            return _plain(
+            _finish_plain(
                 request, 429,
                 "too many requests for this tunnel; retry in {} s\n"
                 .format(int(wait) + 1),
             )
+            return server.NOT_DONE_YET
+        if request._disconnected:
+            return server.NOT_DONE_YET
         features = self._hub.features_of(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
             return accept_visitor(request, self._visitor_factory, client_id,
@@ -140,6 +151,11 @@ class PublicTunnel:
         )
         d.addErrback(self._log.failure, "answering a tunnelled request failed")
         return server.NOT_DONE_YET
+
+    def _internal_error(self, failure, request):
+        self._log.failure("tunnelled request failed", failure)
+        if not request._disconnected and not request.finished:
+            _finish_plain(request, 500, "internal error in the proxy\n")
 
     def _respond(self, response, request, client_id):
         if request._disconnected:

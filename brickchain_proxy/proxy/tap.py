@@ -44,7 +44,9 @@ class Options(usage.Options):
          "Public base URL of this proxy; mandate tokens must be issued for "
          "it (scheme, host, port and path prefix are compared)."],
         ["bus", None, "memory",
-         "Message bus: 'memory' (one process)."],
+         "Message bus: 'memory' (one process), or "
+         "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) to "
+         "share tunnels between several proxy instances."],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a tunnel's answer before replying 504.",
          _positive(float)],

@@ -179,8 +179,12 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     def send_raw(self, data):
         """
-        Send one encoded protocol message.
+        Send one encoded protocol message.  Once the closing handshake has
+        begun nothing more can go out, so the message is dropped (a request
+        waiting for its reply fails with TunnelGone when the connection goes).
         """
+        if self.state != self.STATE_OPEN:
+            return
         self._last_sent = self._clock.seconds()
         self.sendMessage(data, isBinary=False)
 
@@ -226,6 +230,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     def _refuse(self, reason):
         # v1 sends the reason as a plain-text message; we then close (1008).
+        if self.state != self.STATE_OPEN:
+            return  # already closing (e.g. a second bad message)
         self.sendMessage(reason.encode("utf-8"), isBinary=False)
         close_websocket(self, CLOSE_POLICY, reason)
 
