@@ -94,6 +94,11 @@ class LocalWebSocket(WebSocketClientProtocol):
         if not self._opened:
             manager.local_failed(self.factory.stream_id, reason or "connection closed")
             return
+        if self.closedByMe and self.localCloseCode is not None:
+            # We failed the connection (e.g. 1009): our code counts, not the
+            # local service's answer.
+            code = self.localCloseCode
+            reason = (self.localCloseReason or b"").decode("utf-8", "replace")
         if code == CLOSE_TOO_BIG:
             self._log.warn("local websocket closed: a message was over the limit")
         if not self._closed_by_tunnel:

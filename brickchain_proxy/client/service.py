@@ -58,6 +58,36 @@ def path_url(proxy_url, client_id):
     )
 
 
+def tls_options_for(hostname, ca_cert=None):
+    """
+    TLS client options that verify the proxy's certificate and hostname
+    (service-identity): against the platform's trust store, or against the
+    CA certificate(s) in the PEM file C{ca_cert} for private CAs.
+    """
+    from twisted.internet import ssl
+
+    if ca_cert is None:
+        return ssl.optionsForClientTLS(hostname)
+    with open(ca_cert, "rb") as f:
+        pem = f.read()
+    authorities = [
+        ssl.Certificate.loadPEM(block)
+        for block in _pem_blocks(pem)
+    ]
+    if not authorities:
+        raise ValueError("no certificate in {}".format(ca_cert))
+    return ssl.optionsForClientTLS(
+        hostname, trustRoot=ssl.trustRootFromCertificates(authorities))
+
+
+def _pem_blocks(pem):
+    marker = b"-----END CERTIFICATE-----"
+    for chunk in pem.split(marker)[:-1]:
+        start = chunk.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            yield chunk[start:] + marker + b"\n"
+
+
 def client_endpoint(reactor, ws_url, tls_options=None):
     """
     The stream endpoint for a ws:// or wss:// URL.
@@ -67,9 +97,7 @@ def client_endpoint(reactor, ws_url, tls_options=None):
     port = parts.port or (443 if secure else 80)
     endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port)
     if secure:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        options = tls_options or optionsForClientTLS(parts.hostname)
+        options = tls_options or tls_options_for(parts.hostname)
         endpoint = endpoints.wrapClientTLS(options, endpoint)
     return endpoint
 
@@ -88,7 +116,7 @@ class TunnelClientService(service.MultiService):
     def __init__(self, reactor, proxy_url, local_url, key_path,
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
-                 max_delay=30.0):
+                 max_delay=30.0, ca_cert=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.proxy_url = proxy_url
@@ -98,6 +126,7 @@ class TunnelClientService(service.MultiService):
         self._state_path = state_path
         self._ping_timeout = ping_timeout
         self._tls_options = tls_options
+        self._ca_cert = ca_cert
         self._local_url = local_url
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body
@@ -126,8 +155,12 @@ class TunnelClientService(service.MultiService):
             self._local_url, session=self._session, ping_timeout=self._ping_timeout,
             on_registered=self._registered, on_closed=self._closed,
         )
+        tls_options = self._tls_options
+        if tls_options is None and self.ws_url.startswith("wss://"):
+            tls_options = tls_options_for(urlsplit(self.ws_url).hostname,
+                                          self._ca_cert)
         self._connector = ClientService(
-            client_endpoint(self._reactor, self.ws_url, self._tls_options),
+            client_endpoint(self._reactor, self.ws_url, tls_options),
             factory,
             retryPolicy=self._retry_delay,
             clock=self._reactor,

@@ -50,6 +50,10 @@ class Options(usage.Options):
         ["local-timeout", None, 25.0,
          "Seconds to wait for the local service (keep it below the proxy's "
          "request timeout).", _positive(float)],
+        ["ca-cert", None, None,
+         "PEM file of the CA certificate(s) to verify an https proxy with "
+         "(a private CA); by default the system's trust store is used. The "
+         "proxy's hostname is always verified."],
         ["max-body", None, 512000,
          "Largest local response body forwarded, in bytes; larger ones are "
          "answered 502.", _positive(int)],
@@ -60,6 +64,13 @@ class Options(usage.Options):
             websocket_url(self["proxy"])
         except ValueError as e:
             raise usage.UsageError(str(e))
+        if self["ca-cert"] is not None:
+            from .service import tls_options_for
+
+            try:
+                tls_options_for("localhost", self["ca-cert"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError("--ca-cert {}: {}".format(self["ca-cert"], e))
         if not self["local"].startswith(("http://", "https://")):
             raise usage.UsageError(
                 "--local must be an http:// or https:// URL: {!r}".format(self["local"])
@@ -84,4 +95,5 @@ def makeService(config, reactor=None):
         ping_timeout=config["ping-timeout"],
         local_timeout=config["local-timeout"],
         max_body=config["max-body"],
+        ca_cert=config["ca-cert"],
     )

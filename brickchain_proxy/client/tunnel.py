@@ -75,7 +75,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 backpressure=self.backpressure,
             )
             request = RegistrationRequest(
-                mandate_token=factory.key.sign_mandate_token(factory.proxy_url),
+                mandate_token=factory.key.sign_mandate_token(
+                    factory.proxy_url, now=self._clock.seconds()),
                 session=factory.session,
                 features=sorted(factory.features),
             )
@@ -168,7 +169,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         """
         Tell the proxy we are leaving (disconnect), then close.
         """
-        if self._opened:
+        if self._opened and self.state == self.STATE_OPEN:
             self.sendMessage(encode(Disconnect()), isBinary=False)
             self.sendClose(1000)
 
@@ -194,6 +195,15 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         if d is not None:
             d.errback(RegistrationFailed(reason))
 
+    def connectionLost(self, reason):
+        if _is_tls_failure(reason):
+            self._log.error(
+                "TLS verification of the proxy failed, not connecting: {error}",
+                error=reason.getErrorMessage(),
+            )
+            self.factory.tls_failed = True
+        return WebSocketClientProtocol.connectionLost(self, reason)
+
     def onClose(self, wasClean, code, reason):
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
@@ -215,6 +225,15 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         self.factory.connection_closed(self, code, reason)
 
 
+def _is_tls_failure(reason):
+    try:
+        from OpenSSL.SSL import Error as SSLError
+        from service_identity import VerificationError
+    except ImportError:
+        return False
+    return bool(reason.check(SSLError, VerificationError))
+
+
 class TunnelClientFactory(WebSocketClientFactory):
     """
     Builds L{TunnelClientProtocol}s and holds what they share.
@@ -224,6 +243,7 @@ class TunnelClientFactory(WebSocketClientFactory):
     """
 
     protocol = TunnelClientProtocol
+    tls_failed = False
 
     def __init__(self, ws_url, proxy_url, key, forwarder, clock, local_url,
                  session=None,

@@ -362,6 +362,13 @@ class TunnelHub:
         d.addCallbacks(refused, failed)
         return d
 
+    def stream_count(self, client_id):
+        """
+        How many visitor websockets of C{client_id} are open here.
+        """
+        return sum(1 for stream in self.streams.values()
+                   if stream.client_id == client_id)
+
     def stream_to_tunnel(self, stream_id, raw, last=False):
         """
         Send a frame (ws-message) or, with C{last}, the visitor's ws-teardown

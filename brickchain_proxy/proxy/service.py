@@ -1,18 +1,24 @@
 """
 The running proxy: composes the hub, the tunnel websocket factory, the
-public site and the listening endpoints into one service.
+public site and the listening endpoints into one service, and runs its
+lifecycle: start (bus, listening), SIGHUP (reload the authorized keys),
+graceful stop (stop accepting, let in-flight requests finish up to a
+deadline, send tunnel clients away with 1001, then exit).
 """
 
+import signal
+
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
 from ..bus import open_backend
 from ..identity import TokenVerifier
 from ..ratelimit import TokenBucketLimiter
+from ..wsutil import WebSocketEndpointResource
+from .authorized import AuthorizedKeys
 from .hub import TunnelHub
 from .site import build_site
-from ..wsutil import WebSocketEndpointResource
 from .tunnel import TunnelServerFactory
 from .visitor_ws import VisitorFactory
 
@@ -31,6 +37,8 @@ class ProxyService(service.MultiService):
     One proxy instance.
 
     Nothing touches the network before L{startService}.
+
+    @ivar public: the L{PublicTunnel} answering tunnelled requests.
     """
 
     _log = Logger()
@@ -38,7 +46,10 @@ class ProxyService(service.MultiService):
     def __init__(self, reactor, listen, domain, base, bus_url="memory",
                  request_timeout=30.0, max_body=512000, rate_limit=(500, 300.0),
                  ping_interval=10.0, registration_timeout=10.0,
-                 ws_ping_interval=30.0):
+                 ws_ping_interval=30.0, max_pending=1000, max_websockets=1000,
+                 max_headers=100, max_header_bytes=16384, idle_timeout=75.0,
+                 max_message=None, authorized_keys=None, shutdown_grace=10.0,
+                 access_log=False, handle_signals=False):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -50,6 +61,9 @@ class ProxyService(service.MultiService):
         self.limiter = self.backend.rate_limiter(self.local_limiter)
         # After a Redis restart, claim our tunnels again at once.
         self.backend.on_reconnect(self.hub.renew_all)
+        self.authorized_keys = (
+            AuthorizedKeys(authorized_keys) if authorized_keys else None
+        )
         self.tunnel_factory = TunnelServerFactory(
             self.hub,
             TokenVerifier(base),
@@ -57,7 +71,8 @@ class ProxyService(service.MultiService):
             reactor,
             ping_interval=ping_interval,
             registration_timeout=registration_timeout,
-            max_message_size=max_message_size(max_body),
+            max_message_size=max_message or max_message_size(max_body),
+            authorizer=self.authorized_keys,
             url=_ws_url(base),
         )
         self.visitor_factory = VisitorFactory(
@@ -69,7 +84,11 @@ class ProxyService(service.MultiService):
             WebSocketEndpointResource(self.tunnel_factory),
             max_body, request_timeout, reactor=reactor,
             visitor_factory=self.visitor_factory,
+            max_pending=max_pending, max_websockets=max_websockets,
+            max_headers=max_headers, max_header_bytes=max_header_bytes,
+            idle_timeout=idle_timeout, access_log=access_log,
         )
+        self.public = self.site.tunnel
         self.ports = []
         for description in listen:
             endpoint = endpoints.serverFromString(reactor, description)
@@ -83,10 +102,21 @@ class ProxyService(service.MultiService):
         )
         housekeeping.clock = reactor
         housekeeping.setServiceParent(self)
+        self.shutdown_grace = shutdown_grace
+        self._handle_signals = handle_signals
         self._domain = domain
         self._base = base
 
     def startService(self):
+        if self.authorized_keys is not None:
+            self.authorized_keys.load()  # errors stop the start, loudly
+        else:
+            self._log.warn(
+                "no --authorized-keys: any client with a valid mandate token "
+                "may register (open proxy, as the original)"
+            )
+        if self._handle_signals:
+            signal.signal(signal.SIGHUP, self._sighup)
         d = defer.maybeDeferred(self.backend.start)
         d.addCallback(lambda _: self.hub.start())
         d.addErrback(lambda f: self._log.failure("bus start failed", f))
@@ -97,10 +127,56 @@ class ProxyService(service.MultiService):
         )
         return d
 
+    def _sighup(self, signum, frame):
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self):
+        """
+        Re-read the authorized keys and close tunnels no longer allowed.
+        """
+        if self.authorized_keys is None:
+            self._log.info("SIGHUP: nothing to reload (no --authorized-keys)")
+            return
+        try:
+            self.authorized_keys.load()
+        except (OSError, ValueError) as e:
+            self._log.error(
+                "cannot reload {path}, keeping the previous entries: {error}",
+                path=self.authorized_keys.path, error=str(e))
+            return
+        self.tunnel_factory.reauthorize()
+
     @defer.inlineCallbacks
     def stopService(self):
+        """
+        Stop gracefully: stop accepting; let in-flight requests finish for
+        up to C{shutdown_grace} seconds (new requests on open connections get
+        503); close tunnel connections with 1001 so clients reconnect
+        elsewhere; then release the bus.
+        """
+        self.public.shutting_down = True
+        yield defer.gatherResults(
+            [defer.maybeDeferred(port.stopService) for port in self.ports],
+            consumeErrors=True,
+        )
+        deadline = self._reactor.seconds() + self.shutdown_grace
+        waited = False
+        while self.public.in_flight_total() and self._reactor.seconds() < deadline:
+            if not waited:
+                self._log.info("waiting up to {grace} s for {count} requests",
+                               grace=self.shutdown_grace,
+                               count=self.public.in_flight_total())
+                waited = True
+            yield task.deferLater(self._reactor, 0.05, lambda: None)
         for connection in list(self.tunnel_factory.connections):
             connection.go_away()
+        for stream in list(self.hub.streams.values()):
+            stream.visitor.tunnel_lost("proxy shutting down")
+        # Give clients a moment to complete the closing handshake.
+        for _ in range(20):
+            if not self.tunnel_factory.connections:
+                break
+            yield task.deferLater(self._reactor, 0.05, lambda: None)
         yield service.MultiService.stopService(self)
         yield self.hub.stop()
         yield self.backend.stop()

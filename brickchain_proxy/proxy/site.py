@@ -11,6 +11,7 @@ The router (L{Root}) only decides; L{PublicTunnel} does the work.
 
 import io
 import json
+import re
 from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -27,6 +28,10 @@ from .hub import BusUnavailable, RemoteFailure, TunnelOffline
 from .visitor_ws import accept_visitor, is_websocket_upgrade
 
 _DROP_FROM_REQUEST = frozenset(["host"])
+# One DNS label: letters, digits and inner hyphens, 1 to 63 characters.
+_DNS_LABEL = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+#: What Root.tunnel_for_host returns for a malformed tunnel hostname.
+INVALID_HOST = object()
 _DROP_FROM_RESPONSE = frozenset(["content-length"])
 _DROP_FROM_HEAD_RESPONSE = frozenset()
 
@@ -61,20 +66,32 @@ class BoundedRequest(server.Request):
 
 class PublicSite(server.Site):
     """
-    L{server.Site} with bounded request bodies and access logging through
-    L{twisted.logger} (one event per request, at debug level by default).
+    L{server.Site} with bounded request bodies, bounded request heads and an
+    idle timeout for keep-alive connections.  twisted.web's own access log
+    is off: L{PublicTunnel} writes a structured one when asked to.
+
+    @param max_headers: most header lines in a request (more: 400).
+    @param max_header_bytes: most bytes in a request's head (more: 400).
+    @param idle_timeout: seconds an idle visitor connection is kept open.
     """
 
     requestFactory = BoundedRequest
     _log = Logger()
 
-    def __init__(self, resource, max_body, reactor=None):
-        server.Site.__init__(self, resource, reactor=reactor)
+    def __init__(self, resource, max_body, reactor=None, max_headers=100,
+                 max_header_bytes=16384, idle_timeout=75):
+        server.Site.__init__(self, resource, reactor=reactor, timeout=idle_timeout)
         self.max_body = max_body
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    def buildProtocol(self, addr):
+        channel = server.Site.buildProtocol(self, addr)
+        channel.maxHeaders = self.max_headers
+        channel.totalHeadersSize = self.max_header_bytes
+        return channel
 
     def log(self, request):
-        # twisted.web's combined-log line for every request is too costly
-        # on the request path; tunnels log their own access events.
         pass
 
 
@@ -86,19 +103,43 @@ class PublicTunnel:
 
     _log = Logger()
 
+    _access = Logger(namespace="brickproxy.access")
+
     def __init__(self, hub, limiter, max_body, request_timeout,
-                 visitor_factory=None):
+                 visitor_factory=None, max_pending=1000, max_websockets=1000,
+                 access_log=False, clock=None):
         self._hub = hub
         self._limiter = limiter
         self._max_body = max_body
         self._request_timeout = request_timeout
         self._visitor_factory = visitor_factory
+        self.max_pending = max_pending
+        self.max_websockets = max_websockets
+        self.access_log = access_log
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        #: clientID -> HTTP requests of that tunnel being answered here
+        self.in_flight = {}
+        #: set when the proxy shuts down: new requests get 503
+        self.shutting_down = False
+
+    def in_flight_total(self):
+        """
+        How many tunnelled HTTP requests are being answered right now.
+        """
+        return sum(self.in_flight.values())
 
     def forward(self, request, client_id, raw_path):
         """
         Forward C{request} to tunnel C{client_id}; C{raw_path} is the path as
         the visitor sent it, less any C{/proxy/request/<id>} prefix.
         """
+        if self.access_log:
+            self._log_access(request, client_id)
+        if self.shutting_down:
+            request.setHeader(b"Connection", b"close")
+            return _plain(request, 503, "the proxy is shutting down; retry\n")
         if request.body_too_large:
             return _plain(
                 request, 413,
@@ -126,8 +167,25 @@ class PublicTunnel:
             return server.NOT_DONE_YET
         features = self._hub.features_of(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
+            if self._hub.stream_count(client_id) >= self.max_websockets:
+                self._log.warn(
+                    "tunnel {client_id}: visitor websocket refused, {limit} open",
+                    client_id=client_id, limit=self.max_websockets)
+                _finish_plain(
+                    request, 503, "too many websockets open on this tunnel "
+                    "(limit {})\n".format(self.max_websockets))
+                return server.NOT_DONE_YET
             return accept_visitor(request, self._visitor_factory, client_id,
                                   raw_path, features)
+        in_flight = self.in_flight.get(client_id, 0)
+        if in_flight >= self.max_pending:
+            self._log.warn(
+                "tunnel {client_id}: request refused, {limit} already waiting",
+                client_id=client_id, limit=self.max_pending)
+            _finish_plain(
+                request, 503, "too many requests waiting for this tunnel "
+                "(limit {})\n".format(self.max_pending))
+            return server.NOT_DONE_YET
         headers = headers_to_wire(
             request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
         )
@@ -142,6 +200,8 @@ class PublicTunnel:
             body=request.content.getvalue(),
         )
         d = self._hub.request(client_id, message.id, encode(message))
+        self.in_flight[client_id] = in_flight + 1
+        d.addBoth(self._done, client_id)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(
             self._respond,
@@ -151,6 +211,32 @@ class PublicTunnel:
         )
         d.addErrback(self._log.failure, "answering a tunnelled request failed")
         return server.NOT_DONE_YET
+
+    def _done(self, result, client_id):
+        remaining = self.in_flight[client_id] - 1
+        if remaining:
+            self.in_flight[client_id] = remaining
+        else:
+            del self.in_flight[client_id]
+        return result
+
+    def _log_access(self, request, client_id):
+        started = self._clock.seconds()
+
+        def finished(result):
+            self._access.info(
+                "{client_id} {method} {path} {status} {bytes} {duration:.4f}",
+                client_id=client_id,
+                method=request.method.decode("latin-1"),
+                path=request.uri.decode("latin-1"),
+                status=request.code,
+                bytes=request.sentLength,
+                duration=self._clock.seconds() - started,
+                peer=getattr(request.getClientAddress(), "host", None),
+                disconnected=result is not None,
+            )
+
+        request.notifyFinish().addBoth(finished)
 
     def _internal_error(self, failure, request):
         self._log.failure("tunnelled request failed", failure)
@@ -312,6 +398,10 @@ class Root(Resource):
     def getChildWithDefault(self, name, request):
         if self._suffix is not None:
             client_id = self.tunnel_for_host(request.getHeader(b"host"))
+            if client_id is INVALID_HOST:
+                return pages.errorPage(
+                    400, "Bad Request",
+                    "The Host header does not name a valid tunnel hostname.")
             if client_id is not None:
                 request.tunnel_route = (client_id, request.uri.partition(b"?")[0])
                 return self._tunnel_resource
@@ -337,21 +427,31 @@ class Root(Resource):
         label = host[: -len(suffix)]
         if not label or "." in label:
             return None
+        if _DNS_LABEL.match(label) is None:
+            return INVALID_HOST
         return label
 
 
 def build_site(domain, hub, limiter, subscribe_resource, max_body,
-               request_timeout, reactor=None, visitor_factory=None):
+               request_timeout, reactor=None, visitor_factory=None,
+               max_pending=1000, max_websockets=1000, max_headers=100,
+               max_header_bytes=16384, idle_timeout=75, access_log=False):
     """
-    The proxy's public L{PublicSite}.
+    The proxy's public L{PublicSite}; its tunnel side is C{site.tunnel}.
     """
-    tunnel_resource = TunnelResource(
-        PublicTunnel(hub, limiter, max_body, request_timeout, visitor_factory)
+    tunnel = PublicTunnel(
+        hub, limiter, max_body, request_timeout, visitor_factory,
+        max_pending=max_pending, max_websockets=max_websockets,
+        access_log=access_log, clock=reactor,
     )
+    tunnel_resource = TunnelResource(tunnel)
     root = Root(domain, tunnel_resource)
     root.putChild(b"", InfoResource(domain))
     proxy = Resource()
     proxy.putChild(b"subscribe", subscribe_resource)
     proxy.putChild(b"request", PathRouter(tunnel_resource))
     root.putChild(b"proxy", proxy)
-    return PublicSite(root, max_body, reactor=reactor)
+    site = PublicSite(root, max_body, reactor=reactor, max_headers=max_headers,
+                      max_header_bytes=max_header_bytes, idle_timeout=idle_timeout)
+    site.tunnel = tunnel
+    return site

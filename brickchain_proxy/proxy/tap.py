@@ -65,6 +65,38 @@ class Options(usage.Options):
         ["registration-timeout", None, 10.0,
          "Seconds a new tunnel connection has to register before it is "
          "closed.", _positive(float)],
+        ["authorized-keys", None, None,
+         "File of clientIDs or key thumbprints (one per line, # comments) "
+         "allowed to register; re-read on SIGHUP. Without it any client may "
+         "register."],
+        ["max-pending", None, 1000,
+         "Most HTTP requests waiting for one tunnel's answers on this "
+         "instance; beyond it visitors get 503.", _positive(int)],
+        ["max-websockets", None, 1000,
+         "Most visitor websockets open through one tunnel on this instance; "
+         "beyond it upgrades get 503.", _positive(int)],
+        ["max-message", None, None,
+         "Largest websocket message from a tunnel client in bytes (bigger "
+         "ones close the connection with 1009) [default: 4/3 of --max-body "
+         "+ 1 MiB].", _positive(int)],
+        ["max-headers", None, 100,
+         "Most header lines in a visitor's request (more: 400).",
+         _positive(int)],
+        ["max-header-bytes", None, 16384,
+         "Largest request head from a visitor in bytes (larger: 400).",
+         _positive(int)],
+        ["idle-timeout", None, 75.0,
+         "Seconds an idle visitor HTTP connection is kept open.",
+         _positive(float)],
+        ["shutdown-grace", None, 10.0,
+         "On SIGTERM, seconds in-flight requests get to finish before tunnel "
+         "connections are closed (1001) and the proxy exits.", float],
+    ]
+
+    optFlags = [
+        ["access-log", None,
+         "Log one line per tunnelled request (tunnel, method, path, status, "
+         "bytes, duration) at info level, namespace brickproxy.access."],
     ]
 
     def __init__(self):
@@ -80,6 +112,8 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self):
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must be 0 or more")
         if self["ws-ping-interval"] < 0:
             raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
@@ -94,6 +128,15 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--base must be an http:// or https:// URL: {!r}".format(base)
             )
+        keys = self["authorized-keys"]
+        if keys is not None:
+            from .authorized import AuthorizedKeys
+
+            try:
+                AuthorizedKeys(keys).load()
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(
+                    "--authorized-keys {}: {}".format(keys, e))
         domain = self["domain"]
         if domain is not None:
             domain = domain.strip().strip(".").lower()
@@ -131,4 +174,14 @@ def makeService(config, reactor=None):
         ping_interval=config["ping-interval"],
         registration_timeout=config["registration-timeout"],
         ws_ping_interval=config["ws-ping-interval"],
+        authorized_keys=config["authorized-keys"],
+        max_pending=config["max-pending"],
+        max_websockets=config["max-websockets"],
+        max_message=config["max-message"],
+        max_headers=config["max-headers"],
+        max_header_bytes=config["max-header-bytes"],
+        idle_timeout=config["idle-timeout"],
+        shutdown_grace=config["shutdown-grace"],
+        access_log=config["access-log"],
+        handle_signals=True,
     )

@@ -61,6 +61,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             self._hub = factory.hub
             self._clock = factory.clock
             self.client_ids = set()
+            self.tokens = {}  # clientID -> the MandateToken it registered with
             self.features = frozenset()
             self._opened = True
             self._last_sent = self._clock.seconds()
@@ -125,6 +126,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         negotiated = _features.negotiate(offered, factory.features)
         self.features = negotiated
         self.client_ids.add(client_id)
+        self.tokens[client_id] = token
         if self._registration_timer is not None:
             if self._registration_timer.active():
                 self._registration_timer.cancel()
@@ -200,6 +202,17 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if not self.client_ids:
             close_websocket(self, CLOSE_POLICY, "replaced by a newer registration")
 
+    def revoke(self, client_id, reason):
+        """
+        C{client_id} may no longer use this proxy: drop its tunnel and, if it
+        was the connection's last, refuse the connection with C{reason}.
+        """
+        self.client_ids.discard(client_id)
+        self.tokens.pop(client_id, None)
+        self._hub.detach(client_id, self)
+        if not self.client_ids:
+            self._refuse(reason)
+
     def go_away(self):
         """
         Close with 1001 (the proxy is shutting down) so the client reconnects.
@@ -264,6 +277,7 @@ class TunnelServerFactory(WebSocketServerFactory):
     """
 
     protocol = TunnelServerProtocol
+    _log = Logger()
 
     def __init__(self, hub, verifier, domain, clock, ping_interval=10.0,
                  registration_timeout=10.0, max_message_size=4 * 1024 * 1024,
@@ -282,7 +296,32 @@ class TunnelServerFactory(WebSocketServerFactory):
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
             perMessageCompressionAccept=lambda offers: None,
+            # Close with 1009 (and say so) rather than just dropping TCP.
+            failByDrop=False,
         )
+
+    def reauthorize(self):
+        """
+        Check every registered tunnel against the (reloaded) policy and close
+        the connections of those no longer allowed, with the reason.
+        """
+        if self._authorizer is None:
+            return 0
+        closed = 0
+        for connection in list(self.connections):
+            for client_id, token in list(getattr(connection, "tokens", {}).items()):
+                if client_id not in connection.client_ids:
+                    continue
+                try:
+                    self._authorizer(client_id, token)
+                except RegistrationRefused as e:
+                    self._log.warn(
+                        "tunnel {client_id} no longer authorized: closing",
+                        client_id=client_id,
+                    )
+                    connection.revoke(client_id, e.reason)
+                    closed += 1
+        return closed
 
     def authorize(self, client_id, token):
         """

@@ -184,6 +184,12 @@ class VisitorProtocol(WebSocketServerProtocol):
             return
         if self._stream_open:
             self._stream_open = False
+            if self.closedByMe and self.localCloseCode is not None:
+                # We failed the connection (e.g. Autobahn's 1009 for a
+                # message over the limit): our code counts, not whatever
+                # the visitor answered (Autobahn clients answer 1000).
+                code = self.localCloseCode
+                reason = (self.localCloseReason or b"").decode("utf-8", "replace")
             if code == CLOSE_TOO_BIG:
                 self._log.warn(
                     "tunnel {client_id}: visitor websocket closed, a message was "
