@@ -189,6 +189,7 @@ class LocalWebSockets:
             maxMessagePayloadSize=self.max_message_size,
             openHandshakeTimeout=self.timeout,
             failByDrop=False,
+            echoCloseCodeReason=True,
         )
         endpoint = endpoints.HostnameEndpoint(
             self._reactor, self._host, self._port, timeout=self.timeout)

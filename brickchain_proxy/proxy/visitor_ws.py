@@ -102,9 +102,7 @@ class VisitorProtocol(WebSocketServerProtocol):
                 client_id=client_id, error=response.error,
             )
             raise ConnectionDeny(
-                502, "the tunnel's local service refused the websocket: {}".format(
-                    response.error or "no reason given")
-            )
+                502, response.error or "the tunnel refused the websocket")
         self._stream_open = True
         chosen = response.protocol
         if WS_SUBPROTOCOL in features and chosen in offered:
@@ -271,6 +269,8 @@ class VisitorFactory(WebSocketServerFactory):
             maxMessagePayloadSize=max_message_size,
             # Send the 1009 close frame rather than just dropping TCP.
             failByDrop=False,
+            # Answer a visitor's close with its own code, as browsers do.
+            echoCloseCodeReason=True,
             openHandshakeTimeout=0,
         )
         if ping_interval:
