@@ -8,7 +8,7 @@ http-response (502/504 with a plain-text reason): a request is never left
 unanswered.
 """
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -19,16 +19,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from ..features import MULTI_HEADER, RAW_PATH
+from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
+from .urls import local_url
 
 # What the client never forwards to the local service: Agent sets Host and
 # Content-Length itself.
 _DROP_FROM_REQUEST = frozenset(["host", "content-length"])
 _NO_BODY_METHODS = frozenset(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"])
-# Characters left alone when re-encoding a decoded (v1) path.
-_PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
 @implementer(IBodyProducer)
@@ -158,15 +157,7 @@ class LocalForwarder:
         """
         The local URL for a tunnelled request.
         """
-        path = message.url or "/"
-        if RAW_PATH not in features:
-            path = quote(path, safe=_PATH_SAFE)
-        if not path.startswith("/"):
-            path = "/" + path
-        url = self._origin + self._prefix + path
-        if message.query:
-            url += "?" + message.query
-        return url
+        return local_url(self._origin + self._prefix, message, features)
 
     def forward(self, message, features=frozenset()):
         """

@@ -5,7 +5,7 @@ subprotocols) and answer ws-response; then relay frames both ways and turn a
 close on either side into ws-teardown.
 """
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -14,12 +14,12 @@ from autobahn.twisted.websocket import (
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from ..features import BINARY_WS, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL
+from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
 from ..wsutil import SendBufferWatch, close_websocket, is_open
+from .urls import local_url
 
-_PATH_SAFE = "/:@!$&'()*+,;=~"
 # Handled by Autobahn itself, or specific to the visitor's hop.
 _DROP_FROM_LOCAL = frozenset(
     ["host", "origin", "sec-websocket-protocol", "sec-websocket-key",
@@ -141,16 +141,10 @@ class LocalWebSockets:
         self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
 
     def url_for(self, message):
-        path = message.url or "/"
-        if RAW_PATH not in self.features:
-            path = quote(path, safe=_PATH_SAFE)
-        if not path.startswith("/"):
-            path = "/" + path
-        url = "{}://{}{}{}".format(
-            "wss" if self._secure else "ws", self._netloc, self._prefix, path)
-        if message.query:
-            url += "?" + message.query
-        return url
+        return local_url(
+            "{}://{}{}".format("wss" if self._secure else "ws", self._netloc,
+                               self._prefix),
+            message, self.features)
 
     # -- from the proxy ----------------------------------------------------
 

@@ -4,20 +4,8 @@ C{twistd brickclient}: command-line options and service construction.
 
 from twisted.python import usage
 
+from ..cli import positive
 from .service import websocket_url
-
-
-def _positive(kind):
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise usage.UsageError("not a number: {!r}".format(text))
-        if not value > 0:
-            raise usage.UsageError("must be greater than 0: {!r}".format(text))
-        return value
-
-    return convert
 
 
 class Options(usage.Options):
@@ -46,17 +34,17 @@ class Options(usage.Options):
          "registration."],
         ["ping-timeout", None, 20.0,
          "Reconnect when nothing has been heard from the proxy for this many "
-         "seconds.", _positive(float)],
+         "seconds.", positive(float)],
         ["local-timeout", None, 25.0,
          "Seconds to wait for the local service (keep it below the proxy's "
-         "request timeout).", _positive(float)],
+         "request timeout).", positive(float)],
         ["ca-cert", None, None,
          "PEM file of the CA certificate(s) to verify an https proxy with "
          "(a private CA); by default the system's trust store is used. The "
          "proxy's hostname is always verified."],
         ["max-body", None, 512000,
          "Largest local response body forwarded, in bytes; larger ones are "
-         "answered 502.", _positive(int)],
+         "answered 502.", positive(int)],
     ]
 
     def postOptions(self):

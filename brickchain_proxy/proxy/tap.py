@@ -6,20 +6,8 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from ..bus import validate_bus_url
+from ..cli import positive
 from ..ratelimit import parse_rate
-
-
-def _positive(kind):
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise usage.UsageError("not a number: {!r}".format(text))
-        if not value > 0:
-            raise usage.UsageError("must be greater than 0: {!r}".format(text))
-        return value
-
-    return convert
 
 
 class Options(usage.Options):
@@ -49,45 +37,45 @@ class Options(usage.Options):
          "share tunnels between several proxy instances."],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a tunnel's answer before replying 504.",
-         _positive(float)],
+         positive(float)],
         ["max-body", None, 512000,
          "Largest request or response body in bytes: larger requests get "
-         "413, larger responses 502 (never truncated).", _positive(int)],
+         "413, larger responses 502 (never truncated).", positive(int)],
         ["rate-limit", None, "500/300",
          "Per-tunnel rate limit N/SECONDS: bursts of N requests, refilled "
          "at N per SECONDS; beyond it visitors get 429 with Retry-After."],
         ["ping-interval", None, 10.0,
          "Seconds of silence on a tunnel connection before the proxy sends "
-         "a ping.", _positive(float)],
+         "a ping.", positive(float)],
         ["ws-ping-interval", None, 30.0,
          "Seconds between websocket pings to idle visitor websockets (keeps "
          "load balancers from cutting them; 0 disables).", float],
         ["registration-timeout", None, 10.0,
          "Seconds a new tunnel connection has to register before it is "
-         "closed.", _positive(float)],
+         "closed.", positive(float)],
         ["authorized-keys", None, None,
          "File of clientIDs or key thumbprints (one per line, # comments) "
          "allowed to register; re-read on SIGHUP. Without it any client may "
          "register."],
         ["max-pending", None, 1000,
          "Most HTTP requests waiting for one tunnel's answers on this "
-         "instance; beyond it visitors get 503.", _positive(int)],
+         "instance; beyond it visitors get 503.", positive(int)],
         ["max-websockets", None, 1000,
          "Most visitor websockets open through one tunnel on this instance; "
-         "beyond it upgrades get 503.", _positive(int)],
+         "beyond it upgrades get 503.", positive(int)],
         ["max-message", None, None,
          "Largest websocket message from a tunnel client in bytes (bigger "
          "ones close the connection with 1009) [default: 4/3 of --max-body "
-         "+ 1 MiB].", _positive(int)],
+         "+ 1 MiB].", positive(int)],
         ["max-headers", None, 100,
          "Most header lines in a visitor's request (more: 400).",
-         _positive(int)],
+         positive(int)],
         ["max-header-bytes", None, 16384,
          "Largest request head from a visitor in bytes (larger: 400).",
-         _positive(int)],
+         positive(int)],
         ["idle-timeout", None, 75.0,
          "Seconds an idle visitor HTTP connection is kept open.",
-         _positive(float)],
+         positive(float)],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds in-flight requests get to finish before tunnel "
          "connections are closed (1001) and the proxy exits.", float],

@@ -1,0 +1,22 @@
+"""
+Helpers shared by the command-line options of both daemons.
+"""
+
+from twisted.python import usage
+
+
+def positive(kind):
+    """
+    An option coercer: C{kind(text)}, which must be greater than 0.
+    """
+
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError("not a number: {!r}".format(text))
+        if not value > 0:
+            raise usage.UsageError("must be greater than 0: {!r}".format(text))
+        return value
+
+    return convert
