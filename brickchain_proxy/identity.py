@@ -425,7 +425,9 @@ class TokenVerifier:
             for part in parts[1:]:
                 _b64url_decode(part)
             header = json.loads(_b64url_decode(parts[0]))
-        except ValueError:  # includes JSON and Unicode decoding errors
+        # ValueError includes JSON and Unicode decoding errors; a header
+        # nested deeper than the recursion limit raises RecursionError.
+        except (ValueError, RecursionError):
             raise RegistrationRefused(MALFORMED) from None
         if not isinstance(header, dict):
             raise RegistrationRefused(MALFORMED)
@@ -459,7 +461,7 @@ class TokenVerifier:
     def _check_payload(self, payload: bytes) -> tuple:
         try:
             claims = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RegistrationRefused(MALFORMED + ": payload is not JSON") from None
         if not isinstance(claims, dict):
             raise RegistrationRefused(MALFORMED + ": payload is not an object")

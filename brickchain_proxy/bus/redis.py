@@ -100,6 +100,7 @@ class RedisBackend:
         self._commands_factory = None
         self._subscriber_factory = None
         self._subscriber = None
+        self._listening = False  # subscribed to every channel we have
         self._commands = None  # the command connection's protocol, when ready
         self._handlers = {}  # channel bytes -> [handler]
         self._reconnect_listeners = []
@@ -157,6 +158,7 @@ class RedisBackend:
                 ds.append(factory.disconnect())
         self._commands_factory = self._subscriber_factory = None
         self._subscriber = self._commands = None
+        self._listening = False
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def rate_limiter(self, local_limiter):
@@ -169,9 +171,20 @@ class RedisBackend:
     def on_reconnect(self, listener):
         """
         Call C{listener()} whenever the command connection comes back after
-        having been lost (Redis may have restarted and forgotten everything).
+        having been lost (Redis may have restarted and forgotten everything),
+        and whenever the subscriber connection has subscribed again (while
+        it was away, other instances saw PUBLISH reach nobody here and may
+        have dropped this instance's directory entries as stale).
         """
         self._reconnect_listeners.append(listener)
+
+    @property
+    def listening(self):
+        """
+        Whether the subscriber connection is up and subscribed to every
+        channel: messages published to this instance arrive.
+        """
+        return self._listening
 
     @property
     def connected(self):
@@ -216,16 +229,19 @@ class RedisBackend:
         self._commands = protocol
         if self._was_connected:
             self._log.info("Redis at {redis} is back", redis=self._url_for_logs)
-            for listener in list(self._reconnect_listeners):
-                try:
-                    listener()
-                except Exception:
-                    self._log.failure("Redis reconnect listener failed")
+            self._tell_reconnect_listeners()
         else:
             self._log.info("connected to Redis at {redis}", redis=self._url_for_logs)
         self._was_connected = True
         protocol.whenDisconnected().addCallback(self._commands_lost)
         return protocol
+
+    def _tell_reconnect_listeners(self):
+        for listener in list(self._reconnect_listeners):
+            try:
+                listener()
+            except Exception:
+                self._log.failure("Redis reconnect listener failed")
 
     def _commands_lost(self, protocol):
         if self._commands is protocol:
@@ -266,12 +282,23 @@ class RedisBackend:
     def _subscriber_ready(self, protocol):
         self._subscriber = protocol
         if self._handlers:
-            protocol.subscribe(list(self._handlers)).addErrback(self._log_failure)
+            d = protocol.subscribe(list(self._handlers))
+            d.addCallback(self._resubscribed, protocol)
+            d.addErrback(self._log_failure)
+        else:
+            self._listening = True
         return protocol
+
+    def _resubscribed(self, _, protocol):
+        if self._subscriber is protocol:
+            self._listening = True
+            if self.connected:
+                self._tell_reconnect_listeners()
 
     def _subscriber_lost(self, protocol):
         if self._subscriber is protocol:
             self._subscriber = None
+            self._listening = False
 
     def _message(self, channel, message):
         for handler in tuple(self._handlers.get(channel, ())):
@@ -360,6 +387,13 @@ class RedisDirectory:
         return d
 
     def lookup(self, client_id):
+        if not self._backend.listening:
+            # A lookup starts a request to another instance, whose answer
+            # comes back over our subscription: without it, fail now
+            # rather than wait for an answer that cannot arrive.
+            return defer.fail(BusUnavailable(
+                "not subscribed to Redis at {}: answers from other "
+                "instances cannot arrive".format(self._backend._url_for_logs)))
         d = self._backend.command("GET", self._key(client_id))
         d.addCallback(_text)
         return d

@@ -179,6 +179,13 @@ class LocalForwarder:
             d = self._agent.request(
                 message.method.encode("latin-1"), url, headers, producer
             )
+        except ValueError as e:
+            # A method or URL the HTTP client refuses (not a token, not
+            # Latin-1, ...): the visitor's request is bad, not our code.
+            self._log.warn("cannot forward request {id}: {error}",
+                           id=message.id, error=str(e))
+            return succeed(_error(message, 502, "bad request for the local service: {}"
+                                  .format(e)))
         except Exception as e:
             self._log.failure("cannot forward request {id}", id=message.id)
             return succeed(_error(message, 502, "bad request for the local service: {}"

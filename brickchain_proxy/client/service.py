@@ -155,6 +155,7 @@ class TunnelClientService(service.MultiService):
             self._local_url, session=self._session, ping_timeout=self._ping_timeout,
             on_registered=self._registered, on_closed=self._closed,
         )
+        factory.consume_refusals = True
         tls_options = self._tls_options
         if tls_options is None and self.ws_url.startswith("wss://"):
             tls_options = tls_options_for(urlsplit(self.ws_url).hostname,

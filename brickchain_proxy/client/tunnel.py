@@ -8,6 +8,8 @@ noting the proxy is alive.  If nothing at all is heard for C{ping_timeout}
 seconds, it drops the connection so the service reconnects.
 """
 
+from urllib.parse import urlsplit
+
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -54,6 +56,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     _opened = False
 
     def onOpen(self):
+        if not self._proxy_identity_verified():
+            return
         try:
             factory = self.factory
             self._clock = factory.clock
@@ -85,6 +89,33 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         except Exception:
             self._log.failure("could not start registration")
             self.dropConnection(abort=True)
+
+    def _proxy_identity_verified(self):
+        """
+        Check the proxy's certificate against its hostname once more, with
+        service-identity, before the mandate token is sent.  Twisted already
+        verifies during the handshake, but it lets a certificate through
+        when service-identity fails with an error other than a mismatch
+        (e.g. a malformed wildcard); this refuses those too.
+        """
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if handle is None or not hasattr(handle, "get_peer_certificate"):
+            return True  # plain ws://
+        hostname = self.factory.tls_hostname
+        try:
+            from service_identity.pyopenssl import verify_hostname
+
+            verify_hostname(handle, hostname)
+        except Exception as e:
+            self._log.error(
+                "TLS verification of the proxy failed, not connecting: "
+                "certificate not valid for {hostname}: {error}",
+                hostname=hostname, error=str(e) or type(e).__name__,
+            )
+            self.factory.tls_failed = True
+            self.dropConnection(abort=True)
+            return False
+        return True
 
     # -- receiving ---------------------------------------------------------
 
@@ -194,6 +225,9 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         d, self.registered = self.registered, None
         if d is not None:
             d.errback(RegistrationFailed(reason))
+            if self.factory.consume_refusals:
+                # The owner learns of it through on_closed instead.
+                d.addErrback(lambda f: f.trap(RegistrationFailed))
 
     def connectionLost(self, reason):
         if _is_tls_failure(reason):
@@ -244,6 +278,9 @@ class TunnelClientFactory(WebSocketClientFactory):
 
     protocol = TunnelClientProtocol
     tls_failed = False
+    #: Set when refusals are followed through C{on_closed} rather than each
+    #: protocol's C{registered}, so their failures are not left unhandled.
+    consume_refusals = False
 
     def __init__(self, ws_url, proxy_url, key, forwarder, clock, local_url,
                  session=None,
@@ -251,6 +288,7 @@ class TunnelClientFactory(WebSocketClientFactory):
                  max_message_size=64 * 1024 * 1024, on_registered=None,
                  on_closed=None):
         WebSocketClientFactory.__init__(self, url=ws_url, reactor=clock)
+        self.tls_hostname = urlsplit(ws_url).hostname
         self.proxy_url = proxy_url
         self.key = key
         self.forwarder = forwarder

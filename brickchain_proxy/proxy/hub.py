@@ -33,13 +33,24 @@ the relay table on the tunnel's side when the two are different instances.
 """
 
 import uuid
+from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.logger import Logger
 
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
-from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
+from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, SUPPORTED, WS_CLOSE
+from ..headers import _JOIN_WITH_SEMICOLON
+from ..messages import (
+    HttpRequest,
+    MessageError,
+    WSMessage,
+    WSRequest,
+    WSTeardown,
+    decode,
+    encode,
+)
 
 
 class TunnelOffline(Exception):
@@ -59,6 +70,42 @@ def instance_channel(instance_id):
     The bus channel an instance listens on.
     """
     return "brickproxy:instance:" + instance_id
+
+
+def adapt_to(features, raw):
+    """
+    Adapt a message for a tunnel that another instance encoded with every
+    extension (see L{TunnelHub.encoding_features}) to the extensions
+    C{features} the tunnel's connection negotiated: C{raw} untouched when it
+    has them all (the usual case), otherwise re-encoded as this instance
+    would have encoded it for that connection (pure v1 for a v1 client).
+    """
+    if features >= SUPPORTED:
+        return raw
+    message = decode(raw)
+    kind = type(message)
+    if kind is HttpRequest or kind is WSRequest:
+        if RAW_PATH not in features:
+            message.url = unquote(message.url, errors="replace")
+        if MULTI_HEADER not in features:
+            message.headers = {
+                name: _joined(name, value) for name, value in message.headers.items()
+            }
+    elif kind is WSMessage:
+        if message.encoding is not None and BINARY_WS not in features:
+            message = WSMessage.from_payload(
+                message.id, message.payload(), True, False,
+                timestamp=message.timestamp)
+    elif kind is WSTeardown:
+        if WS_CLOSE not in features:
+            message = WSTeardown(id=message.id, timestamp=message.timestamp)
+    return encode(message)
+
+
+def _joined(name, value):
+    if not isinstance(value, list):
+        return value
+    return ("; " if name.lower() in _JOIN_WITH_SEMICOLON else ", ").join(value)
 
 
 class Stream:
@@ -225,6 +272,18 @@ class TunnelHub:
         connection = self.local.get(client_id)
         if connection is None:
             return frozenset()
+        return connection.features
+
+    def encoding_features(self, client_id):
+        """
+        The extensions to encode a visitor's request for C{client_id} with:
+        those its connection negotiated when this instance holds it, else
+        every extension (lossless), which the instance holding the tunnel
+        adapts to its connection (L{adapt_to}).
+        """
+        connection = self.local.get(client_id)
+        if connection is None:
+            return SUPPORTED
         return connection.features
 
     # -- requests ----------------------------------------------------------
@@ -447,13 +506,13 @@ class TunnelHub:
                 _, client_id, raw = envelope.split(b"\n", 2)
                 connection = self.local.get(client_id.decode("ascii"))
                 if connection is not None:
-                    connection.send_raw(raw)
+                    connection.send_raw(adapt_to(connection.features, raw))
             elif kind == b"T":
                 _, client_id, stream_id, raw = envelope.split(b"\n", 3)
                 self._drop_relay(stream_id.decode("ascii"))
                 connection = self.local.get(client_id.decode("ascii"))
                 if connection is not None:
-                    connection.send_raw(raw)
+                    connection.send_raw(adapt_to(connection.features, raw))
             elif kind == b"F":
                 _, message_id, reason = envelope.split(b"\n", 2)
                 self._remote_failed(message_id.decode("ascii"),
@@ -493,6 +552,7 @@ class TunnelHub:
             self._publish(origin, b"F\n%s\ntunnel is not connected here" %
                           message_id.encode("ascii"))
             return
+        raw = adapt_to(connection.features, raw)
         timer = self._reactor.callLater(
             self.request_timeout + 5, self._relays.pop, message_id, None
         )

@@ -34,6 +34,9 @@ _DNS_LABEL = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 INVALID_HOST = object()
 _DROP_FROM_RESPONSE = frozenset(["content-length"])
 _DROP_FROM_HEAD_RESPONSE = frozenset()
+#: The access log.  Module-level: as a class attribute, Logger.__get__
+#: would rename its namespace after the class.
+_ACCESS = Logger(namespace="brickproxy.access")
 
 
 class BoundedRequest(server.Request):
@@ -87,8 +90,25 @@ class PublicSite(server.Site):
 
     def buildProtocol(self, addr):
         channel = server.Site.buildProtocol(self, addr)
-        channel.maxHeaders = self.max_headers
-        channel.totalHeadersSize = self.max_header_bytes
+        # Site returns a wrapper (_GenericHTTPChannelProtocol) that does not
+        # pass these on: set them on the HTTPChannel behind it.
+        http_channel = getattr(channel, "_channel", channel)
+        http_channel.maxHeaders = self.max_headers
+        http_channel.totalHeadersSize = self.max_header_bytes
+        # One header line may use the whole head (Twisted cuts lines at 16 KB).
+        http_channel.MAX_LENGTH = max(http_channel.MAX_LENGTH, self.max_header_bytes)
+        refuse = http_channel._respondToBadRequestAndDisconnect
+
+        def refuse_and_log():
+            # Twisted answers a malformed request, or one over the header
+            # limits, with a bare 400; say so in our log too.
+            self._log.warn(
+                "400 to {peer}: malformed request or over the header limits "
+                "({headers} lines / {size} bytes)", peer=_peer(addr),
+                headers=self.max_headers, size=self.max_header_bytes)
+            refuse()
+
+        http_channel._respondToBadRequestAndDisconnect = refuse_and_log
         return channel
 
     def log(self, request):
@@ -102,8 +122,6 @@ class PublicTunnel:
     """
 
     _log = Logger()
-
-    _access = Logger(namespace="brickproxy.access")
 
     def __init__(self, hub, limiter, max_body, request_timeout,
                  visitor_factory=None, max_pending=1000, max_websockets=1000,
@@ -165,7 +183,7 @@ class PublicTunnel:
             return server.NOT_DONE_YET
         if request._disconnected:
             return server.NOT_DONE_YET
-        features = self._hub.features_of(client_id)
+        features = self._hub.encoding_features(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
             if self._hub.stream_count(client_id) >= self.max_websockets:
                 self._log.warn(
@@ -224,7 +242,7 @@ class PublicTunnel:
         started = self._clock.seconds()
 
         def finished(result):
-            self._access.info(
+            _ACCESS.info(
                 "{client_id} {method} {path} {status} {bytes} {duration:.4f}",
                 client_id=client_id,
                 method=request.method.decode("latin-1"),
@@ -313,6 +331,11 @@ class PublicTunnel:
         _finish_plain(request, code, text)
 
 
+def _peer(address):
+    host = getattr(address, "host", None)
+    return "{}:{}".format(host, address.port) if host else str(address)
+
+
 def _plain(request, code, text):
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -390,6 +413,8 @@ class Root(Resource):
     path; everything else is looked up in the children.
     """
 
+    _log = Logger()
+
     def __init__(self, domain, tunnel_resource):
         Resource.__init__(self)
         self._suffix = ("." + domain.lower().strip(".")) if domain else None
@@ -399,6 +424,8 @@ class Root(Resource):
         if self._suffix is not None:
             client_id = self.tunnel_for_host(request.getHeader(b"host"))
             if client_id is INVALID_HOST:
+                self._log.warn("400: malformed tunnel hostname {host!r}",
+                               host=request.getHeader(b"host"))
                 return pages.errorPage(
                     400, "Bad Request",
                     "The Host header does not name a valid tunnel hostname.")
