@@ -26,6 +26,11 @@ fields, then the raw protocol message untouched (never re-encoded)::
     F <message_id> <reason>                            that request or stream failed
     K <client_id> <new_instance>                       you lost this tunnel
 
+A visitor's message for a tunnel held elsewhere is encoded with every
+extension (L{TunnelHub.encoding_features}); the instance holding the tunnel
+adapts it to what the tunnel's connection negotiated (L{adapt_to}), so a
+tunnel behaves the same through every instance.
+
 Websockets ("streams") are opened with a ws-request correlated like any
 request; after that, frames flow without correlation, keyed by the stream id
 (the ws-request's @id) in L{TunnelHub.streams} on the visitor's side and in
@@ -196,12 +201,9 @@ class TunnelHub:
                 )
 
         d.addCallback(claimed)
-        d.addErrback(
-            lambda f: self._log.failure(
-                "could not record tunnel {client_id} in the directory",
-                f, client_id=client_id,
-            )
-        )
+        d.addErrback(self._directory_failed,
+                     "could not record tunnel {client_id} in the directory",
+                     client_id)
         return d
 
     def detach(self, client_id, connection):
@@ -211,12 +213,18 @@ class TunnelHub:
         if self.local.get(client_id) is connection:
             del self.local[client_id]
             d = self._directory.release(client_id, self.instance_id)
-            d.addErrback(
-                lambda f: self._log.failure(
-                    "could not remove tunnel {client_id} from the directory",
-                    f, client_id=client_id,
-                )
-            )
+            d.addErrback(self._directory_failed,
+                         "could not remove tunnel {client_id} from the directory",
+                         client_id)
+
+    def _directory_failed(self, failure, what, client_id):
+        # An unreachable bus is an operating condition (logged as such, and
+        # renewals repair the directory when it is back), not a bug.
+        if failure.check(BusUnavailable):
+            self._log.warn(what + ": {error}", client_id=client_id,
+                           error=failure.getErrorMessage())
+        else:
+            self._log.failure(what, failure, client_id=client_id)
 
     def connection_lost(self, connection):
         """

@@ -157,6 +157,10 @@ class PublicTunnel:
             self._log_access(request, client_id)
         if self.shutting_down:
             request.setHeader(b"Connection", b"close")
+            # twisted.web sends that header but keeps the connection open;
+            # whoever sends "close" must close (RFC 7230 section 6.6).
+            if request.channel is not None:
+                request.channel.persistent = False
             return _plain(request, 503, "the proxy is shutting down; retry\n")
         if request.body_too_large:
             return _plain(
@@ -319,8 +323,8 @@ class PublicTunnel:
             code, text = 502, "the tunnel's connection was lost before it answered\n"
         elif failure.check(BusUnavailable):
             code, text = 503, (
-                "the tunnel is connected to another proxy instance, which "
-                "cannot be reached right now\n"
+                "the tunnel cannot be reached: the bus between proxy instances "
+                "is unavailable right now\n"
             )
         elif failure.check(RemoteFailure):
             code, text = 502, "tunnel {}: {}\n".format(

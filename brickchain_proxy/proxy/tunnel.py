@@ -258,6 +258,12 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._registration_timer = self._ping_timer = None
+        # Autobahn leaves its closing-handshake timer running when the TCP
+        # connection goes before the client's close frame arrives (as when a
+        # client answers our close by dropping TCP): cancel it here.
+        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         if self._opened:
             self.factory.connections.discard(self)
             if self.client_ids:

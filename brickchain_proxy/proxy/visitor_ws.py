@@ -128,8 +128,8 @@ class VisitorProtocol(WebSocketServerProtocol):
                 502, "the tunnel's connection was lost before it answered")
         if failure.check(BusUnavailable):
             raise ConnectionDeny(
-                503, "the tunnel is connected to another proxy instance, which "
-                "cannot be reached right now")
+                503, "the tunnel cannot be reached: the bus between proxy instances "
+                "is unavailable right now")
         if failure.check(RemoteFailure):
             raise ConnectionDeny(502, "tunnel {}: {}".format(
                 client_id, failure.getErrorMessage()))

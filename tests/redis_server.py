@@ -1,0 +1,464 @@
+"""
+A throwaway C{redis-server} for tests: started on a free 127.0.0.1 port
+with no persistence and its own working directory, stopped (SIGTERM, then
+SIGKILL) by a test cleanup so none outlives its test, and restartable on the
+same port to play "Redis went away and came back".
+
+Also the small helpers tests need around it: a load-balancer-like TCP
+forwarder (so a tunnel client can reconnect to another proxy instance, as it
+would behind a real load balancer), a way to tell when a proxy instance is
+really on the bus, and a reader for C{INFO commandstats}.
+
+Nothing here blocks the reactor for more than a loopback connect.
+"""
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import tempfile
+
+from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import Logger
+from twisted.trial.unittest import SkipTest
+
+from brickchain_proxy.proxy.hub import instance_channel
+
+
+def free_port():
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_answers(port, probe=None, expect=None):
+    """
+    Whether something accepts connections on 127.0.0.1:C{port} (and, with
+    C{probe}, answers it with bytes starting with C{expect}).  Loopback
+    only, with a short timeout: never blocks the reactor for long.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            if probe is None:
+                return True
+            s.sendall(probe)
+            return s.recv(64).startswith(expect)
+    except OSError:
+        return False
+
+
+class ProcessWatcher(protocol.ProcessProtocol):
+    """
+    Knows when the child process has ended.
+    """
+
+    def __init__(self):
+        self.ended = defer.Deferred()
+        self.status = None
+
+    def processEnded(self, reason):
+        self.status = reason.value
+        self.ended.callback(None)
+
+
+class ProcessGone(Exception):
+    """
+    A child process exited before it was ready.
+    """
+
+
+@defer.inlineCallbacks
+def wait_for_port(port, watcher, what, log_path=None, timeout=15.0,
+                  probe=None, expect=None):
+    """
+    Poll (every 20 ms, with L{task.deferLater}) until 127.0.0.1:C{port}
+    answers, failing early if the process behind C{watcher} exits.
+    """
+    clock = reactor.seconds
+    deadline = clock() + timeout
+    while clock() < deadline:
+        if watcher.ended.called:
+            raise ProcessGone("{} exited before listening ({}){}".format(
+                what, watcher.status, _tail(log_path)))
+        if port_answers(port, probe, expect):
+            return
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("{} did not listen on port {} within {:g} s{}".format(
+        what, port, timeout, _tail(log_path)))
+
+
+def _tail(path, lines=20):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return "; log:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@defer.inlineCallbacks
+def end_process(process, watcher, grace=5.0, sig=signal.SIGTERM):
+    """
+    Send C{sig} to a spawned process and wait until it is gone, with SIGKILL
+    if it has not exited after C{grace} seconds.
+    """
+    if watcher.ended.called:
+        return
+    try:
+        process.signalProcess(int(sig))
+        if sig != signal.SIGKILL:
+            # A stopped (SIGSTOP) process acts on TERM only once continued.
+            process.signalProcess(int(signal.SIGCONT))
+    except error.ProcessExitedAlready:
+        pass
+    killer = reactor.callLater(grace, _kill, process)
+    try:
+        yield watcher.ended
+    finally:
+        if killer.active():
+            killer.cancel()
+
+
+def _kill(process):
+    try:
+        process.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+
+
+#: Child processes still running, killed when the test process exits, even
+#: if a test's cleanup never ran (trial interrupted, a crash): no
+#: redis-server or proxy may outlive the test run.
+_children = {}
+
+
+def track_child(process, watcher):
+    """
+    Make sure C{process} is killed when this Python process exits.
+    """
+    pid = process.pid
+    _children[pid] = process
+    watcher.ended.addBoth(lambda result: (_children.pop(pid, None), result)[1])
+
+
+@atexit.register
+def _kill_children():
+    for pid in list(_children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class RedisServer:
+    """
+    One C{redis-server} child process.
+
+    @ivar port: the TCP port (the same across L{restart}s).
+    @ivar url: C{redis://127.0.0.1:<port>}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, executable, directory):
+        self._executable = executable
+        self._directory = directory
+        self.port = None
+        self._process = None
+        self._watcher = None
+
+    @classmethod
+    def for_test(cls, testcase):
+        """
+        Start a server for C{testcase}; a cleanup stops it and removes its
+        directory.
+
+        @raise SkipTest: if C{redis-server} is not installed.
+        @return: a L{Deferred} firing with the running L{RedisServer}.
+        """
+        server = cls.create()
+        testcase.addCleanup(server.remove)
+        return server.start().addCallback(lambda _: server)
+
+    @classmethod
+    def create(cls):
+        """
+        A server, not started, with its own temporary directory.
+
+        @raise SkipTest: if C{redis-server} is not installed.
+        """
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise SkipTest(
+                "redis-server is not on PATH: install it (scripts/test does "
+                "it with apt) to run the Redis bus tests")
+        return cls(executable, tempfile.mkdtemp(prefix="brickproxy-redis-"))
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:{}".format(self.port)
+
+    @property
+    def running(self):
+        return self._watcher is not None and not self._watcher.ended.called
+
+    @property
+    def log_path(self):
+        return os.path.join(self._directory, "redis.log")
+
+    @defer.inlineCallbacks
+    def start(self):
+        """
+        Start the server (on the port it had before, if it ran already) and
+        wait until it answers PING.
+        """
+        if self.running:
+            raise RuntimeError("redis-server is already running")
+        attempts = 3 if self.port is None else 1
+        for attempt in range(attempts):
+            port = self.port or free_port()
+            try:
+                yield self._spawn(port)
+            except ProcessGone:
+                # Someone took the free port in the meantime: try another.
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self.port = port
+            return self
+
+    def _spawn(self, port):
+        args = [
+            self._executable,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._directory,
+            "--logfile", self.log_path,
+            "--daemonize", "no",
+            "--protected-mode", "no",
+        ]
+        self._watcher = ProcessWatcher()
+        self._process = reactor.spawnProcess(
+            self._watcher, self._executable, args, env=dict(os.environ),
+            path=self._directory, childFDs={0: "w", 1: "r", 2: "r"})
+        track_child(self._process, self._watcher)
+        return wait_for_port(port, self._watcher, "redis-server",
+                             self.log_path, probe=b"PING\r\n", expect=b"+PONG")
+
+    def stop(self, sig=signal.SIGTERM):
+        """
+        Stop the server (SIGTERM, or C{sig}) and wait until it is gone.
+        """
+        if not self.running:
+            return defer.succeed(None)
+        return end_process(self._process, self._watcher, sig=sig)
+
+    def pause(self):
+        """
+        Freeze the server (SIGSTOP): connections stay open but nothing is
+        answered.  L{resume} or L{stop} undoes it.
+        """
+        self._process.signalProcess(int(signal.SIGSTOP))
+
+    def resume(self):
+        """
+        Let a L{pause}d server run again.
+        """
+        if self.running:
+            self._process.signalProcess(int(signal.SIGCONT))
+
+    @defer.inlineCallbacks
+    def restart(self):
+        """
+        Stop the server and start a fresh, empty one on the same port.
+        """
+        yield self.stop()
+        yield self.start()
+
+    @defer.inlineCallbacks
+    def remove(self):
+        """
+        Stop the server and delete its directory.
+        """
+        yield self.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+# -- around the proxy's Redis backend -----------------------------------------
+
+
+def bus_ready(backend, channel=None):
+    """
+    @return: a L{Deferred} firing with whether C{backend} can send commands
+        and receive messages, and (with C{channel}) Redis counts at least one
+        subscriber on C{channel}.  Asks Redis itself (C{PUBSUB NUMSUB}), so
+        it is true only once the subscription is really active.
+    """
+    if not (backend.connected and backend.listening):
+        return defer.succeed(False)
+    if channel is None:
+        return defer.succeed(True)
+    d = backend.command("PUBSUB", "NUMSUB", channel)
+    d.addCallback(lambda reply: int(reply[1]) >= 1)
+    d.addErrback(lambda _: False)
+    return d
+
+
+@defer.inlineCallbacks
+def wait_for_bus(backend, channel=None, timeout=15.0, interval=0.02):
+    """
+    Wait until L{bus_ready}; fail the test after C{timeout} seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        if (yield bus_ready(backend, channel)):
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(
+                "Redis backend not ready within {:g} s (channel {})".format(
+                    timeout, channel))
+        yield task.deferLater(reactor, interval, lambda: None)
+
+
+def wait_for_instance(proxy, timeout=15.0):
+    """
+    Wait until proxy instance C{proxy} (a L{ProxyService} on Redis) is
+    connected and listening on its bus channel.
+    """
+    return wait_for_bus(proxy.backend, instance_channel(proxy.hub.instance_id),
+                        timeout)
+
+
+@defer.inlineCallbacks
+def command_calls(backend, *commands):
+    """
+    How many times Redis has run each of C{commands} (lower case, e.g.
+    C{"publish"}), from C{INFO commandstats}.
+
+    @return: a L{Deferred} firing with a L{dict} name -> calls.
+    """
+    info = yield backend.command("INFO", "commandstats")
+    if isinstance(info, bytes):
+        info = info.decode("utf-8")
+    calls = {name: 0 for name in commands}
+    for line in info.splitlines():
+        name, _, stats = line.partition(":")
+        if not name.startswith("cmdstat_"):
+            continue
+        name = name[len("cmdstat_"):]
+        if name in calls:
+            fields = dict(f.split("=", 1) for f in stats.split(","))
+            calls[name] = int(fields["calls"])
+    return calls
+
+
+# -- a load balancer -------------------------------------------------------------
+
+
+class _Upstream(protocol.Protocol):
+    def __init__(self, downstream):
+        self.downstream = downstream
+
+    def connectionMade(self):
+        self.downstream.upstream_connected(self)
+
+    def dataReceived(self, data):
+        self.downstream.transport.write(data)
+
+    def connectionLost(self, reason):
+        self.downstream.transport.loseConnection()
+
+
+class _Downstream(protocol.Protocol):
+    upstream = None
+
+    def connectionMade(self):
+        self.transport.pauseProducing()
+        self._buffer = []
+        self.factory.connections.append(self)
+        self._try(list(self.factory.backends()))
+
+    def _try(self, candidates):
+        if not candidates:
+            self.transport.loseConnection()
+            return
+        port = candidates.pop(0)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2)
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Upstream(self)))
+        d.addErrback(lambda _: self._try(candidates))
+
+    def upstream_connected(self, upstream):
+        if self.transport.disconnected:
+            upstream.transport.loseConnection()
+            return
+        self.upstream = upstream
+        self.factory.upstreams.append(upstream)
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data):
+        self.upstream.transport.write(data)
+
+    def connectionLost(self, reason):
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+
+
+class LoadBalancer(protocol.Factory):
+    """
+    A TCP forwarder on 127.0.0.1 in front of several proxy instances, like
+    the load balancer of a real deployment: each new connection goes to the
+    first instance in L{backend_ports} that accepts it, so when an instance
+    dies, reconnecting clients land on the next one.
+
+    @ivar backend_ports: the instances' ports, in order of preference.
+    """
+
+    protocol = _Downstream
+
+    def __init__(self, backend_ports):
+        self.backend_ports = list(backend_ports)
+        self.connections = []
+        self.upstreams = []
+        self.port = None
+
+    def backends(self):
+        return self.backend_ports
+
+    def start(self, testcase):
+        """
+        Listen until the end of the test.
+
+        @return: the URL clients use, C{http://127.0.0.1:<port>}.
+        """
+        listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.port = listening.getHost().port
+        testcase.addCleanup(self._stop, listening)
+        return self.url
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:{}".format(self.port)
+
+    @defer.inlineCallbacks
+    def _stop(self, listening):
+        yield listening.stopListening()
+        protocols = self.connections + self.upstreams
+        for p in protocols:
+            p.transport.loseConnection()
+        for _ in range(500):
+            if all(p.transport.disconnected for p in protocols):
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        for p in protocols:
+            p.transport.abortConnection()
+
+
+__all__ = ["RedisServer", "ProcessWatcher", "free_port", "track_child", "port_answers", "wait_for_port",
+           "end_process", "ProcessGone", "bus_ready", "wait_for_bus",
+           "wait_for_instance", "command_calls", "LoadBalancer"]
