@@ -131,24 +131,33 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             if self._registration_timer.active():
                 self._registration_timer.cancel()
             self._registration_timer = None
-        self._hub.attach(client_id, self)
         hostname = (
             "{}.{}".format(client_id, factory.domain) if factory.domain else None
         )
-        self.send_raw(
-            encode(
-                RegistrationResponse(
-                    id=message.id,
-                    key_id=client_id,
-                    hostname=hostname,
-                    features=sorted(negotiated) if offered is not None else None,
-                )
+        response = encode(
+            RegistrationResponse(
+                id=message.id,
+                key_id=client_id,
+                hostname=hostname,
+                features=sorted(negotiated) if offered is not None else None,
             )
         )
+        # Answer once the directory knows the tunnel (at once on the memory
+        # bus), so every instance can route to it when the client hears it
+        # is registered.  A directory failure is logged by the hub and does
+        # not stop the registration: this instance serves it regardless.
+        attached = self._hub.attach(client_id, self)
+        attached.addCallback(self._registered, client_id, response)
+        attached.addErrback(self._log.failure, "registration reply failed")
+
+    def _registered(self, _, client_id, response):
+        if client_id not in self.client_ids:
+            return  # closed or taken over meanwhile
+        self.send_raw(response)
         self._log.info(
             "tunnel {client_id} registered from {peer} (features: {features})",
             client_id=client_id, peer=self._peer_text,
-            features=",".join(sorted(negotiated)) or "v1",
+            features=",".join(sorted(self.features)) or "v1",
         )
 
     def handle_reply(self, message, payload):
