@@ -5,6 +5,7 @@ The running client: one reconnecting websocket to the proxy
 
 import json
 import os
+import random
 from urllib.parse import urlsplit
 
 from twisted.application import service
@@ -135,8 +136,13 @@ class TunnelClientService(service.MultiService):
         self.public_url = None
         self.protocol = None
         self._refusals = 0
-        self._backoff = backoffPolicy(initialDelay=0.5, factor=2.0,
-                                      maxDelay=max_delay)
+        # First retry after 0.5-0.75 s (a proxy restarting gracefully is
+        # usually back by then), doubling up to max_delay; the jitter keeps
+        # a crowd of clients from reconnecting in lockstep.
+        self._backoff = backoffPolicy(
+            initialDelay=0.25, factor=2.0, maxDelay=max_delay,
+            jitter=lambda: random.random() * 0.25,
+        )
         self._registration_waiters = []
         self._connector = None
 

@@ -151,6 +151,10 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             return
         if self.registration is not None:
             return
+        if self.registered is None:
+            # A refusal came first: the registration has already failed.
+            self._log.warn("registration response after a refusal ignored")
+            return
         self.registration = message
         self.features = frozenset(message.features or ())
         self.local_websockets.features = self.features

@@ -177,6 +177,9 @@ class ProxyService(service.MultiService):
             if not self.tunnel_factory.connections:
                 break
             yield task.deferLater(self._reactor, 0.05, lambda: None)
+        # Kept-alive visitor connections would otherwise stay open (until
+        # their idle timeout) on a proxy that no longer answers.
+        self.site.close_idle_connections()
         yield service.MultiService.stopService(self)
         yield self.hub.stop()
         yield self.backend.stop()

@@ -12,6 +12,7 @@ The router (L{Root}) only decides; L{PublicTunnel} does the work.
 import io
 import json
 import re
+import weakref
 from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -87,12 +88,14 @@ class PublicSite(server.Site):
         self.max_body = max_body
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self._channels = weakref.WeakSet()
 
     def buildProtocol(self, addr):
         channel = server.Site.buildProtocol(self, addr)
         # Site returns a wrapper (_GenericHTTPChannelProtocol) that does not
         # pass these on: set them on the HTTPChannel behind it.
         http_channel = getattr(channel, "_channel", channel)
+        self._channels.add(http_channel)
         http_channel.maxHeaders = self.max_headers
         http_channel.totalHeadersSize = self.max_header_bytes
         # One header line may use the whole head (Twisted cuts lines at 16 KB).
@@ -113,6 +116,16 @@ class PublicSite(server.Site):
 
     def log(self, request):
         pass
+
+    def close_idle_connections(self):
+        """
+        Close the visitor connections that are between requests (kept alive):
+        once the proxy has stopped, nothing would ever answer on them.
+        Connections handed over to a websocket are not ours any more.
+        """
+        for channel in list(self._channels):
+            if channel.transport is not None and not channel.requests:
+                channel.transport.loseConnection()
 
 
 class PublicTunnel:
@@ -305,6 +318,11 @@ class PublicTunnel:
             responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
             request.write(body)
         else:
+            # HEAD keeps the tunnel's Content-Length (what a GET would get),
+            # but only one that is valid.
+            lengths = responseHeaders.getRawHeaders(b"content-length")
+            if lengths and (len(lengths) > 1 or not lengths[0].isdigit()):
+                responseHeaders.removeHeader(b"content-length")
             request.write(b"")
         request.finish()
 
