@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.correlation import TunnelGone
+from brickchain_proxy.features import SUPPORTED
 from brickchain_proxy.messages import HttpRequest, HttpResponse, decode, encode
 from brickchain_proxy.proxy.hub import (
     RemoteFailure,
@@ -294,15 +295,14 @@ class LocalTunnelTests(HubTestCase):
                              TunnelOffline)
         self.assertIsNone(self.successResultOf(self.directory.lookup(CLIENT)))
 
-    def test_features_of_a_local_tunnel(self):
+    def test_encoding_features_of_a_local_tunnel(self):
         """
-        The features negotiated with a tunnel's connection are known here;
-        an unknown tunnel speaks pure v1.
+        Requests for a tunnel held here are encoded with exactly the
+        features its connection negotiated.
         """
         self.hub.attach(CLIENT, FakeConnection(frozenset(["binary-ws"])))
 
-        self.assertEqual(self.hub.features_of(CLIENT), frozenset(["binary-ws"]))
-        self.assertEqual(self.hub.features_of(OTHER_CLIENT), frozenset())
+        self.assertEqual(self.hub.encoding_features(CLIENT), frozenset(["binary-ws"]))
 
     def test_stop_fails_everything_and_unsubscribes(self):
         """
@@ -499,11 +499,12 @@ class CrossInstanceTests(HubTestCase):
 
         self.failureResultOf(d, TunnelOffline)
 
-    def test_features_of_a_remote_tunnel_are_v1(self):
+    def test_encoding_features_of_a_remote_tunnel_are_all(self):
         """
-        B does not know what A's connection negotiated: it uses pure v1.
+        B does not know what A's connection negotiated: it encodes with every
+        extension, losslessly, and A adapts the message to its connection.
         """
-        self.assertEqual(self.b.features_of(CLIENT), frozenset())
+        self.assertEqual(self.b.encoding_features(CLIENT), SUPPORTED)
 
     def test_malformed_envelope_is_logged_and_ignored(self):
         """

@@ -490,7 +490,7 @@ class RegistrationTests(ProxyProtocolTestCase):
         self.assertEqual(response.features, ["binary-ws", "multi-header"])
         self.assertEqual(server.features,
                          frozenset(["binary-ws", "multi-header"]))
-        self.assertEqual(self.hub.features_of(self.key.client_id),
+        self.assertEqual(self.hub.encoding_features(self.key.client_id),
                          frozenset(["binary-ws", "multi-header"]))
 
     def test_features_the_proxy_does_not_enable_are_not_used(self):

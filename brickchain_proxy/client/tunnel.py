@@ -112,7 +112,6 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 "certificate not valid for {hostname}: {error}",
                 hostname=hostname, error=str(e) or type(e).__name__,
             )
-            self.factory.tls_failed = True
             self.dropConnection(abort=True)
             return False
         return True
@@ -164,7 +163,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
     def handle_http_request(self, message):
         d = self.factory.forwarder.forward(message, self.features)
-        d.addCallback(self._send_reply)
+        d.addCallback(self.send_message)
         d.addErrback(lambda f: self._log.failure(
             "answering request {id} failed", f, id=message.id))
 
@@ -198,7 +197,6 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         if self._opened:
             self.sendMessage(encode(message), isBinary=False)
 
-    _send_reply = send_message
 
     def say_goodbye(self):
         """
@@ -239,7 +237,6 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 "TLS verification of the proxy failed, not connecting: {error}",
                 error=reason.getErrorMessage(),
             )
-            self.factory.tls_failed = True
         return WebSocketClientProtocol.connectionLost(self, reason)
 
     def onClose(self, wasClean, code, reason):
@@ -281,7 +278,6 @@ class TunnelClientFactory(WebSocketClientFactory):
     """
 
     protocol = TunnelClientProtocol
-    tls_failed = False
     #: Set when refusals are followed through C{on_closed} rather than each
     #: protocol's C{registered}, so their failures are not left unhandled.
     consume_refusals = False

@@ -272,16 +272,6 @@ class TunnelHub:
         else:
             self._log.failure("directory renewal failed", failure)
 
-    def features_of(self, client_id):
-        """
-        The extensions negotiated with C{client_id}'s connection; empty (pure
-        v1) when the tunnel is held by another instance.
-        """
-        connection = self.local.get(client_id)
-        if connection is None:
-            return frozenset()
-        return connection.features
-
     def encoding_features(self, client_id):
         """
         The extensions to encode a visitor's request for C{client_id} with:
