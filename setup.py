@@ -31,6 +31,7 @@ setup(
         "jwcrypto>=1.5.0",
         "treq>=23.11.0",
         "orjson>=3.9.0",
+        "pybase64>=1.3.0",
         "zope.interface>=6.0",
     ],
     extras_require={

@@ -37,6 +37,28 @@ def close_websocket(protocol, code=1000, reason=""):
         protocol.dropConnection(abort=True)
 
 
+CLOSE_INVALID_PAYLOAD = 1007
+
+
+def fail_if_invalid_text(protocol, payload, is_binary):
+    """
+    Tunnel connections skip Autobahn's UTF-8 validation (orjson validates
+    every message it decodes); a message that did not decode is checked
+    here, and a text message that is not UTF-8 fails the connection with
+    1007 as RFC 6455 requires.
+
+    @return: L{True} if the connection was failed.
+    """
+    if is_binary:
+        return False
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        close_websocket(protocol, CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+        return True
+    return False
+
+
 def is_open(protocol):
     """
     Whether C{protocol} can send messages.
@@ -74,6 +96,10 @@ def take_over_connection(request, protocol):
     for name, values in request.requestHeaders.getAllRawHeaders():
         data += [name, b": ", b",".join(values), b"\r\n"]
     data.append(b"\r\n")
+    # The HTTP channel and this request now only hold each other: break the
+    # cycle so they are freed at once rather than by the cycle collector.
+    channel.requests = []
+    request.channel = None
     protocol.dataReceived(b"".join(data))
 
 

@@ -126,9 +126,14 @@ def explained(test):
         try:
             return test(*args, **kwargs)
         except Exception as e:
-            if not getattr(e, "__notes__", None):
+            # Hypothesis reports several distinct failures as a group whose
+            # members carry the notes.
+            parts = getattr(e, "exceptions", None) or [e]
+            if not any(getattr(part, "__notes__", None) for part in parts):
                 raise
-            raise FailTest("".join(traceback.format_exception(e))) from None
+            raise FailTest("".join(
+                "".join(traceback.format_exception(part)) for part in parts
+            )) from None
 
     return wrapper
 

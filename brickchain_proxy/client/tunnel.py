@@ -31,7 +31,7 @@ from ..messages import (
     decode,
     encode,
 )
-from ..wsutil import TunnelBackpressure
+from ..wsutil import TunnelBackpressure, fail_if_invalid_text
 from .local_ws import LocalWebSockets
 
 
@@ -123,6 +123,9 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         try:
             message = decode(payload)
         except MessageError as e:
+            if fail_if_invalid_text(self, payload, isBinary):
+                self._log.warn("text message from the proxy not UTF-8, closing (1007)")
+                return
             if self.registration is None:
                 # v1 refuses a registration with a plain-text message.
                 reason = payload.decode("utf-8", "replace").strip()[:300]
@@ -302,6 +305,9 @@ class TunnelClientFactory(WebSocketClientFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
+            # orjson validates UTF-8 when it decodes each message; a plain
+            # text refusal is decoded with replacement.
+            utf8validateIncoming=False,
         )
 
     def registered_with(self, protocol, response):
