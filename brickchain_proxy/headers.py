@@ -133,8 +133,21 @@ _TOKEN_CHARS = frozenset(
 )
 
 
+_valid_names = set()
+
+
 def _valid_name(name):
-    return bool(name) and all(c in _TOKEN_CHARS for c in name)
+    """
+    Whether C{name} is an HTTP token (remembered: the same few names come
+    with every response).
+    """
+    if name in _valid_names:
+        return True
+    if not name or not _TOKEN_CHARS.issuperset(name):
+        return False
+    if len(_valid_names) < 4096:
+        _valid_names.add(name)
+    return True
 
 
 def _clean(value):

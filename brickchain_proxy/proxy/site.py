@@ -203,24 +203,16 @@ class PublicTunnel:
         features = self._hub.encoding_features(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
             if self._hub.stream_count(client_id) >= self.max_websockets:
-                self._log.warn(
-                    "tunnel {client_id}: visitor websocket refused, {limit} open",
-                    client_id=client_id, limit=self.max_websockets)
-                _finish_plain(
-                    request, 503, "too many websockets open on this tunnel "
-                    "(limit {})\n".format(self.max_websockets))
-                return server.NOT_DONE_YET
+                return _over_limit(request, client_id, self.max_websockets,
+                                   "visitor websocket refused, {limit} open",
+                                   "too many websockets open on this tunnel")
             return accept_visitor(request, self._visitor_factory, client_id,
                                   raw_path, features)
         in_flight = self.in_flight.get(client_id, 0)
         if in_flight >= self.max_pending:
-            self._log.warn(
-                "tunnel {client_id}: request refused, {limit} already waiting",
-                client_id=client_id, limit=self.max_pending)
-            _finish_plain(
-                request, 503, "too many requests waiting for this tunnel "
-                "(limit {})\n".format(self.max_pending))
-            return server.NOT_DONE_YET
+            return _over_limit(request, client_id, self.max_pending,
+                               "request refused, {limit} already waiting",
+                               "too many requests waiting for this tunnel")
         headers = headers_to_wire(
             request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
         )
@@ -351,6 +343,13 @@ class PublicTunnel:
             self._log.failure("tunnelled request failed", failure)
             code, text = 500, "internal error in the proxy\n"
         _finish_plain(request, code, text)
+
+
+def _over_limit(request, client_id, limit, log_format, text):
+    PublicTunnel._log.warn("tunnel {client_id}: " + log_format,
+                           client_id=client_id, limit=limit)
+    _finish_plain(request, 503, "{} (limit {})\n".format(text, limit))
+    return server.NOT_DONE_YET
 
 
 def _peer(address):
