@@ -98,9 +98,16 @@ def headers_to_wire(raw_headers, multi=False, drop=frozenset()):
         elif multi:
             wire[key] = strings
         else:
-            sep = "; " if lower in _JOIN_WITH_SEMICOLON else ", "
-            wire[key] = sep.join(strings)
+            wire[key] = join_values(lower, strings)
     return wire
+
+
+def join_values(lower_name, values):
+    """
+    Several values of one header as the one string a v1 peer takes:
+    joined with C{", "}, or C{"; "} for Cookie.
+    """
+    return ("; " if lower_name in _JOIN_WITH_SEMICOLON else ", ").join(values)
 
 
 def wire_to_pairs(wire, drop=frozenset()):

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
 from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, SUPPORTED, WS_CLOSE
-from ..headers import _JOIN_WITH_SEMICOLON
+from ..headers import join_values
 from ..messages import (
     HttpRequest,
     MessageError,
@@ -94,7 +94,9 @@ def adapt_to(features, raw):
             message.url = unquote(message.url, errors="replace")
         if MULTI_HEADER not in features:
             message.headers = {
-                name: _joined(name, value) for name, value in message.headers.items()
+                name: join_values(name.lower(), value) if isinstance(value, list)
+                else value
+                for name, value in message.headers.items()
             }
     elif kind is WSMessage:
         if message.encoding is not None and BINARY_WS not in features:
@@ -105,12 +107,6 @@ def adapt_to(features, raw):
         if WS_CLOSE not in features:
             message = WSTeardown(id=message.id, timestamp=message.timestamp)
     return encode(message)
-
-
-def _joined(name, value):
-    if not isinstance(value, list):
-        return value
-    return ("; " if name.lower() in _JOIN_WITH_SEMICOLON else ", ").join(value)
 
 
 class Stream:
