@@ -197,9 +197,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         """
         Encode and send one message to the proxy (if still connected).
         """
-        if self._opened:
+        if self._opened and self.state == self.STATE_OPEN:
             self.sendMessage(encode(message), isBinary=False)
-
 
     def say_goodbye(self):
         """
