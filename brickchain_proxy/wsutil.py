@@ -178,11 +178,30 @@ class TunnelBackpressure:
 class SendBufferWatch:
     """
     Registered as the producer on a websocket's transport only to learn when
-    its send buffer is full (paused) and when it has drained (resumed).
+    its send buffer is full (paused) and when it has drained (resumed), and
+    to count what is sent meanwhile.
+
+    @param limit: how many bytes may be queued for a peer that does not
+        read before L{too_slow} says so.
     """
 
-    def __init__(self):
+    def __init__(self, limit):
+        self.limit = limit
         self.backed_up = False
+        self.queued = 0
+
+    def too_slow(self, size):
+        """
+        Account for C{size} more bytes about to be sent.
+
+        @return: L{True} if the peer has stopped reading and more than
+            C{limit} bytes already wait for it.
+        """
+        if not self.backed_up:
+            self.queued = 0
+            return False
+        self.queued += size
+        return self.queued > self.limit
 
     def pauseProducing(self):
         self.backed_up = True

@@ -48,7 +48,7 @@ class LocalWebSocket(WebSocketClientProtocol):
         factory = self.factory
         self._opened = True
         try:
-            self._watch = SendBufferWatch()
+            self._watch = SendBufferWatch(self.factory.manager.max_buffered)
             self.transport.registerProducer(self._watch, True)
         except Exception:
             self._log.failure("local websocket setup failed")
@@ -68,17 +68,12 @@ class LocalWebSocket(WebSocketClientProtocol):
             return
         if not is_open(self):
             return
-        watch = self._watch
-        if watch is not None and watch.backed_up:
-            self._buffered = getattr(self, "_buffered", 0) + len(payload)
-            if self._buffered > self.factory.manager.max_buffered:
-                self._log.warn("local websocket not reading; closing it")
-                self.close_from_tunnel(CLOSE_POLICY, "local service too slow")
-                self.factory.manager.local_closed(
-                    self.factory.stream_id, self, CLOSE_POLICY, "local service too slow")
-                return
-        else:
-            self._buffered = 0
+        if self._watch is not None and self._watch.too_slow(len(payload)):
+            self._log.warn("local websocket not reading; closing it")
+            self.close_from_tunnel(CLOSE_POLICY, "local service too slow")
+            self.factory.manager.local_closed(
+                self.factory.stream_id, self, CLOSE_POLICY, "local service too slow")
+            return
         self.sendMessage(payload, message.message_type == 2)
 
     def close_from_tunnel(self, code, reason):

@@ -78,7 +78,6 @@ class VisitorProtocol(WebSocketServerProtocol):
     _teardown_sent = False
     _drain = None
     _backpressure = None
-    _buffered_since_backup = 0
 
     def onConnect(self, request):
         try:
@@ -151,7 +150,7 @@ class VisitorProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         try:
-            self._drain = SendBufferWatch()
+            self._drain = SendBufferWatch(self.factory.max_buffered)
             self.transport.registerProducer(self._drain, True)
             tunnel = self.factory.hub.local.get(self.route[0])
             if tunnel is not None:
@@ -223,18 +222,14 @@ class VisitorProtocol(WebSocketServerProtocol):
                 return
             if not is_open(self):
                 return
-            if self._drain is not None and self._drain.backed_up:
-                self._buffered_since_backup += len(payload)
-                if self._buffered_since_backup > self.factory.max_buffered:
-                    self._log.warn(
-                        "tunnel {client_id}: visitor websocket not reading; "
-                        "closing it", client_id=self.route[0],
-                    )
-                    self._teardown(CLOSE_POLICY, "visitor too slow")
-                    close_websocket(self, CLOSE_POLICY, "too slow to read")
-                    return
-            else:
-                self._buffered_since_backup = 0
+            if self._drain is not None and self._drain.too_slow(len(payload)):
+                self._log.warn(
+                    "tunnel {client_id}: visitor websocket not reading; "
+                    "closing it", client_id=self.route[0],
+                )
+                self._teardown(CLOSE_POLICY, "visitor too slow")
+                close_websocket(self, CLOSE_POLICY, "too slow to read")
+                return
             self.sendMessage(payload, message.message_type == 2)
         else:
             # The tunnel side closed: don't send a teardown back.
