@@ -187,10 +187,6 @@ class HeaderTests(_TunnelFixture, TestCase):
         response, _ = await self.fetch(self.via_host(tunnel, "GET", "/headers"))
         self.assertEqual(raw_headers(response, "X-Foo"), [])
 
-    test_response_headers_named_in_connection_are_dropped.todo = (
-        "twisted.web.client.Agent keeps Connection out of Response.headers, so "
-        "the client's forwarder cannot see which headers it names"
-    )
 
     async def test_multiple_set_cookie_values_survive(self):
         """Two Set-Cookie headers from the local service reach the visitor as two."""

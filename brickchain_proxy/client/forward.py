@@ -204,8 +204,13 @@ class LocalForwarder:
     def _read(self, response, message, features):
         d = read_bounded(response, self.max_body)
 
+        # Read now: the connection headers belong to the parser of this
+        # response, which is dropped once the body is read.
+        listed = _connection_listed(response)
+
         def done(body):
-            headers = headers_to_wire(response.headers, MULTI_HEADER in features)
+            headers = headers_to_wire(response.headers, MULTI_HEADER in features,
+                                      listed)
             content_type = response.headers.getRawHeaders(b"content-type")
             return HttpResponse(
                 id=message.id,
@@ -250,6 +255,31 @@ class LocalForwarder:
         for d in list(self._in_flight):
             d.cancel()
         return self.pool.closeCachedConnections()
+
+
+def _connection_listed(response):
+    """
+    The lower-case header names the local service listed in its response's
+    C{Connection} header: hop-by-hop by declaration (RFC 7230 6.1), so they
+    must not be forwarded.
+
+    Twisted's client keeps connection-control headers out of
+    C{response.headers}; they are only on the response's parser, reached
+    through private attributes -- if a Twisted release moves them, this
+    finds nothing and only the standard hop-by-hop headers are dropped.
+    """
+    try:
+        protocol = response._transport._producer.protocol
+        protocol = getattr(protocol, "_wrappedProtocol", protocol)
+        values = protocol._parser.connHeaders.getRawHeaders(b"connection") or ()
+    except AttributeError:
+        return frozenset()
+    return frozenset(
+        token.strip().lower().decode("latin-1")
+        for value in values
+        for token in value.split(b",")
+        if token.strip()
+    )
 
 
 def _error(message, status, text):
