@@ -187,7 +187,6 @@ class HeaderTests(_TunnelFixture, TestCase):
         response, _ = await self.fetch(self.via_host(tunnel, "GET", "/headers"))
         self.assertEqual(raw_headers(response, "X-Foo"), [])
 
-
     async def test_multiple_set_cookie_values_survive(self):
         """Two Set-Cookie headers from the local service reach the visitor as two."""
         tunnel = await self.start_tunnel()
