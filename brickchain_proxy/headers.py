@@ -163,10 +163,14 @@ def _clean(value):
     return value.encode("utf-8")
 
 
-def add_forwarded_headers(request, headers):
+def add_forwarded_headers(request, headers, trust_forwarded=False):
     """
     Add X-Forwarded-For (appended to any the visitor sent), -Proto and -Host
     for a twisted.web C{request} to a wire headers object.
+
+    @param trust_forwarded: the peer is a load balancer we trust (TLS
+        terminated there): keep the X-Forwarded-Proto and -Host it set
+        rather than describing our own hop.
     """
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
@@ -177,7 +181,9 @@ def add_forwarded_headers(request, headers):
         headers["X-Forwarded-For"] = (
             previous + ", " + host if previous else host
         )
-    headers["X-Forwarded-Proto"] = "https" if request.isSecure() else "http"
-    visitor_host = request.getHeader(b"host")
-    if visitor_host:
-        headers["X-Forwarded-Host"] = visitor_host.decode("latin-1")
+    if not (trust_forwarded and "X-Forwarded-Proto" in headers):
+        headers["X-Forwarded-Proto"] = "https" if request.isSecure() else "http"
+    if not (trust_forwarded and "X-Forwarded-Host" in headers):
+        visitor_host = request.getHeader(b"host")
+        if visitor_host:
+            headers["X-Forwarded-Host"] = visitor_host.decode("latin-1")

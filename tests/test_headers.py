@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from brickchain_proxy.headers import (
+    add_forwarded_headers,
     canonical_name,
     decode_value,
     headers_to_wire,
@@ -303,3 +304,43 @@ class WireToPairsTests(SynchronousTestCase):
             }),
             {b"X-Good_Name.1": [b"7"]},
         )
+
+
+class ForwardedHeaderTests(SynchronousTestCase):
+    """
+    X-Forwarded-* describe the visitor's hop, or keep a trusted balancer's.
+    """
+
+    def request(self):
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        request = DummyRequest([b""])
+        request.client = IPv4Address("TCP", "203.0.113.7", 40000)
+        request.requestHeaders.setRawHeaders(b"host", [b"abc.example.io"])
+        request.isSecure = lambda: False
+        return request
+
+    def test_visitor_supplied_proto_is_replaced_by_default(self):
+        """A visitor cannot claim https over a plain connection."""
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.test",
+                   "X-Forwarded-For": "10.0.0.1"}
+        add_forwarded_headers(self.request(), headers)
+        self.assertEqual(headers["X-Forwarded-Proto"], "http")
+        self.assertEqual(headers["X-Forwarded-Host"], "abc.example.io")
+        self.assertEqual(headers["X-Forwarded-For"], "10.0.0.1, 203.0.113.7")
+
+    def test_trusted_balancer_headers_are_kept(self):
+        """Behind a trusted TLS-terminating balancer its Proto and Host stay."""
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.example.io"}
+        add_forwarded_headers(self.request(), headers, trust_forwarded=True)
+        self.assertEqual(headers["X-Forwarded-Proto"], "https")
+        self.assertEqual(headers["X-Forwarded-Host"], "abc.example.io")
+        self.assertEqual(headers["X-Forwarded-For"], "203.0.113.7")
+
+    def test_trusted_mode_still_fills_missing_headers(self):
+        """Trusting the balancer does not leave the headers out when it sent none."""
+        headers = {}
+        add_forwarded_headers(self.request(), headers, trust_forwarded=True)
+        self.assertEqual(headers["X-Forwarded-Proto"], "http")
+        self.assertEqual(headers["X-Forwarded-Host"], "abc.example.io")

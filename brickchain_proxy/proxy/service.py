@@ -49,7 +49,7 @@ class ProxyService(service.MultiService):
                  ws_ping_interval=30.0, max_pending=1000, max_websockets=1000,
                  max_headers=100, max_header_bytes=16384, idle_timeout=75.0,
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
-                 access_log=False, handle_signals=False):
+                 access_log=False, handle_signals=False, trust_forwarded=False):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -87,6 +87,7 @@ class ProxyService(service.MultiService):
             max_pending=max_pending, max_websockets=max_websockets,
             max_headers=max_headers, max_header_bytes=max_header_bytes,
             idle_timeout=idle_timeout, access_log=access_log,
+            trust_forwarded=trust_forwarded,
         )
         self.public = self.site.tunnel
         self.ports = []

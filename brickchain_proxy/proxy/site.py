@@ -138,7 +138,7 @@ class PublicTunnel:
 
     def __init__(self, hub, limiter, max_body, request_timeout,
                  visitor_factory=None, max_pending=1000, max_websockets=1000,
-                 access_log=False, clock=None):
+                 access_log=False, clock=None, trust_forwarded=False):
         self._hub = hub
         self._limiter = limiter
         self._max_body = max_body
@@ -147,6 +147,7 @@ class PublicTunnel:
         self.max_pending = max_pending
         self.max_websockets = max_websockets
         self.access_log = access_log
+        self.trust_forwarded = trust_forwarded
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
@@ -207,7 +208,7 @@ class PublicTunnel:
                                    "visitor websocket refused, {limit} open",
                                    "too many websockets open on this tunnel")
             return accept_visitor(request, self._visitor_factory, client_id,
-                                  raw_path, features)
+                                  raw_path, features, self.trust_forwarded)
         in_flight = self.in_flight.get(client_id, 0)
         if in_flight >= self.max_pending:
             return _over_limit(request, client_id, self.max_pending,
@@ -216,7 +217,7 @@ class PublicTunnel:
         headers = headers_to_wire(
             request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
         )
-        add_forwarded_headers(request, headers)
+        add_forwarded_headers(request, headers, self.trust_forwarded)
         raw_query = request.uri.partition(b"?")[2]
         path = raw_path.decode("utf-8", "replace")
         message = HttpRequest(
@@ -483,14 +484,15 @@ class Root(Resource):
 def build_site(domain, hub, limiter, subscribe_resource, max_body,
                request_timeout, reactor=None, visitor_factory=None,
                max_pending=1000, max_websockets=1000, max_headers=100,
-               max_header_bytes=16384, idle_timeout=75, access_log=False):
+               max_header_bytes=16384, idle_timeout=75, access_log=False,
+               trust_forwarded=False):
     """
     The proxy's public L{PublicSite}; its tunnel side is C{site.tunnel}.
     """
     tunnel = PublicTunnel(
         hub, limiter, max_body, request_timeout, visitor_factory,
         max_pending=max_pending, max_websockets=max_websockets,
-        access_log=access_log, clock=reactor,
+        access_log=access_log, clock=reactor, trust_forwarded=trust_forwarded,
     )
     tunnel_resource = TunnelResource(tunnel)
     root = Root(domain, tunnel_resource)

@@ -82,6 +82,10 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        ["trust-forwarded", None,
+         "The proxy sits behind a load balancer that terminates TLS and sets "
+         "X-Forwarded-Proto/-Host: keep those instead of describing the "
+         "last hop. Only when visitors cannot reach the proxy directly."],
         ["access-log", None,
          "Log one line per tunnelled request (tunnel, method, path, status, "
          "bytes, duration) at info level, namespace brickproxy.access."],
@@ -171,5 +175,6 @@ def makeService(config, reactor=None):
         idle_timeout=config["idle-timeout"],
         shutdown_grace=config["shutdown-grace"],
         access_log=config["access-log"],
+        trust_forwarded=config["trust-forwarded"],
         handle_signals=True,
     )

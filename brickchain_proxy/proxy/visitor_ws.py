@@ -274,7 +274,8 @@ class VisitorFactory(WebSocketServerFactory):
         self.setProtocolOptions(**options)
 
 
-def accept_visitor(request, factory, client_id, raw_path, features):
+def accept_visitor(request, factory, client_id, raw_path, features,
+                   trust_forwarded=False):
     """
     Take over a twisted.web request's connection for a visitor websocket
     (as L{autobahn.twisted.resource.WebSocketResource} does), with the
@@ -292,7 +293,7 @@ def accept_visitor(request, factory, client_id, raw_path, features):
         query=request.uri.partition(b"?")[2].decode("utf-8", "replace"),
         headers=headers,
     )
-    add_forwarded_headers(request, message.headers)
+    add_forwarded_headers(request, message.headers, trust_forwarded)
     protocol = factory.buildProtocol(request.transport.getPeer())
     protocol.route = (client_id, message.id, encode(message), features)
     take_over_connection(request, protocol)
