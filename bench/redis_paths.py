@@ -34,19 +34,15 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
+# Process handling is shared with the main benchmark (bench/bench.py).
+from bench import Processes, SetupError, free_port, wait_listening  # noqa: E402
+
 BODY = bytes(range(256)) * 4  # 1 KB, deterministic
 
-
-
-class SetupError(Exception):
-    pass
 
 
 def log(text):
@@ -92,60 +88,12 @@ def serve_local(port):
 # -- processes ----------------------------------------------------------------------
 
 
-class Processes:
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.running = []
-
-    def start(self, name, argv):
-        out = open(os.path.join(self.tmp, name + ".out"), "ab")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, cwd=self.tmp)
-        out.close()
-        proc.name = name
-        self.running.append(proc)
-        return proc
-
-    def stop_all(self):
-        for proc in reversed(self.running):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for proc in reversed(self.running):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.running = []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, proc, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SetupError("%s exited (status %s) before listening"
-                             % (what, proc.returncode))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SetupError("%s did not listen on port %d within %gs" % (what, port, timeout))
-
-
 def wait_for_file(path, procs, what, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise SetupError("%s exited (status %s)" % (proc.name, proc.returncode))
+                raise SetupError("%s exited (status %s)" % (proc.bench_name, proc.returncode))
         if os.path.exists(path) and os.path.getsize(path):
             return
         time.sleep(0.05)
@@ -330,7 +278,7 @@ def run(args):
                     "p99 %(p99_ms).2f ms" % row)
         for proc in procs.running:
             if proc.poll() is not None:
-                raise SetupError("%s died during the run" % (proc.name,))
+                raise SetupError("%s died during the run" % (proc.bench_name,))
         return results
     finally:
         procs.stop_all()
