@@ -288,6 +288,24 @@ class RemoteStreamTests(_HubFlowTestCase):
         self.assertEqual([type(m) for m in self.connection.sent], [WSRequest, WSTeardown])
         self.assertEqual(self.connection.sent[1].id, stream_id)
 
+    def test_idle_stream_of_a_vanished_instance_is_closed_by_the_probe(self):
+        """B's periodic probe finds A gone and closes A's idle visitor websockets (1001)."""
+        stream_id, d = self.open()
+        self.connection.answer(self.a, WSResponse(id=stream_id, ok=True))
+        self.pump()
+        self.successResultOf(d)
+        self.b.check_remote_streams()
+        self.pump()
+        self.assertEqual(self.visitor.lost, [])  # A still listens
+        # A dies without a word: its subscription is simply gone.
+        self.hubs.remove(self.a)
+        self.a._bus.unsubscribe(self.a._channel, self.a._bus_received)
+        self.a._relays.clear()
+        self.b.check_remote_streams()
+        self.pump()
+        self.assertEqual(self.visitor.lost, ["the tunnel's proxy instance is gone"])
+        self.assertEqual(self.b.streams, {})
+
 
 # -- the client's side ----------------------------------------------------------
 

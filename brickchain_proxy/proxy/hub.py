@@ -25,6 +25,7 @@ fields, then the raw protocol message untouched (never re-encoded)::
     A <raw>                                            from a tunnel, for its @id
     F <message_id> <reason>                            that request or stream failed
     K <client_id> <new_instance>                       you lost this tunnel
+    P                                                  are you there? (no answer)
 
 A visitor's message for a tunnel held elsewhere is encoded with every
 extension (L{TunnelHub.encoding_features}); the instance holding the tunnel
@@ -455,6 +456,26 @@ class TunnelHub:
             if stream is not None:
                 stream.visitor.tunnel_lost("the tunnel's proxy instance is gone")
 
+    def check_remote_streams(self):
+        """
+        Probe every instance that holds the tunnel of a visitor websocket
+        here; close (1001) the visitors of instances nobody listens for any
+        more (killed), which an idle websocket would otherwise never notice.
+        """
+        owners = {stream.owner for stream in self.streams.values()
+                  if isinstance(stream.owner, str)}
+        for owner in owners:
+            d = self._publish(owner, b"P")
+            d.addCallback(self._probed, owner)
+
+    def _probed(self, receivers, owner):
+        if receivers != 0:
+            return
+        gone = [sid for sid, stream in self.streams.items() if stream.owner == owner]
+        for stream_id in gone:
+            self.streams.pop(stream_id).visitor.tunnel_lost(
+                "the tunnel's proxy instance is gone")
+
     def forget_stream(self, stream_id):
         """
         Drop a stream without telling the tunnel (it is already gone).
@@ -514,6 +535,8 @@ class TunnelHub:
             elif kind == b"K":
                 _, client_id, new_owner = envelope.split(b"\n", 2)
                 self._taken_over(client_id.decode("ascii"))
+            elif kind == b"P":
+                pass  # a probe: being subscribed is the answer
             else:
                 raise ValueError("unknown envelope kind {!r}".format(kind))
         except (ValueError, MessageError):

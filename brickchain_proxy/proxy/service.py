@@ -205,6 +205,7 @@ class ProxyService(service.MultiService):
     def _housekeeping(self):
         self.limiter.prune()
         self.hub.renew_all()
+        self.hub.check_remote_streams()
 
 
 def _ws_url(base):
