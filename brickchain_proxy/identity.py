@@ -360,7 +360,8 @@ def _endpoint(url: str) -> tuple:
 
 class TokenVerifier:
     """
-    Check mandate tokens for the proxy whose public endpoint is C{base_url}.
+    Check mandate tokens for the proxy whose public endpoint is C{base_url}
+    (or one of C{extra_bases}).
 
     @ivar clock_skew: seconds of disagreement between clocks we tolerate,
         both for expiry and for timestamps in the future.
@@ -368,12 +369,15 @@ class TokenVerifier:
     """
 
     def __init__(
-        self, base_url: str, clock_skew: float = 5.0, max_ttl: int = 3600
+        self, base_url: str, clock_skew: float = 5.0, max_ttl: int = 3600,
+        extra_bases: tuple = (),
     ) -> None:
         self.base_url = base_url
         self.clock_skew = clock_skew
         self.max_ttl = max_ttl
-        self._base = _endpoint(base_url)
+        # Other URLs clients may know this proxy by (an address, an
+        # internal name); a token naming any of them is for this proxy.
+        self._bases = [_endpoint(url) for url in (base_url, *extra_bases)]
 
     def verify(self, token: str, now: float) -> MandateToken:
         """
@@ -407,12 +411,12 @@ class TokenVerifier:
             family, host, port, segments = _endpoint(uri)
         except ValueError:
             return False
-        base_family, base_host, base_port, base_segments = self._base
-        return (
+        return any(
             family == base_family
             and host == base_host
             and port == base_port
             and segments[: len(base_segments)] == base_segments
+            for base_family, base_host, base_port, base_segments in self._bases
         )
 
     def _check_header(self, token: object) -> dict:

@@ -572,3 +572,24 @@ class UriMatchingTests(SynchronousTestCase):
         """A verifier needs an http(s) or ws(s) base URL with a host."""
         self.assertRaises(ValueError, TokenVerifier, "localhost:6519")
         self.assertRaises(ValueError, TokenVerifier, "http://")
+
+
+class ExtraBaseTests(SynchronousTestCase):
+    """
+    A proxy known by several URLs accepts tokens naming any of them.
+    """
+
+    def test_token_for_an_extra_base_is_accepted(self):
+        """A token naming the second base verifies; one naming neither does not."""
+        key = ClientKey.generate()
+        verifier = TokenVerifier("https://proxy.example.io",
+                                 extra_bases=("http://10.0.0.5:6519",))
+        now = 1_800_000_000.0
+        for uri in ("https://proxy.example.io", "http://10.0.0.5:6519"):
+            token = key.sign_mandate_token(uri, now=now)
+            self.assertEqual(verifier.verify(token, now=now).client_id, key.client_id)
+        token = key.sign_mandate_token("http://10.0.0.6:6519", now=now)
+        with self.assertRaises(RegistrationRefused) as caught:
+            verifier.verify(token, now=now)
+        self.assertEqual(caught.exception.reason, "Token not for this endpoint")
+

@@ -49,7 +49,8 @@ class ProxyService(service.MultiService):
                  ws_ping_interval=30.0, max_pending=1000, max_websockets=1000,
                  max_headers=100, max_header_bytes=16384, idle_timeout=75.0,
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
-                 access_log=False, handle_signals=False, trust_forwarded=False):
+                 access_log=False, handle_signals=False, trust_forwarded=False,
+                 extra_bases=()):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -66,7 +67,7 @@ class ProxyService(service.MultiService):
         )
         self.tunnel_factory = TunnelServerFactory(
             self.hub,
-            TokenVerifier(base),
+            TokenVerifier(base, extra_bases=extra_bases),
             domain,
             reactor,
             ping_interval=ping_interval,

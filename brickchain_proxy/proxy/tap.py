@@ -28,9 +28,6 @@ class Options(usage.Options):
          "'localhost' works for local use). Without it only path routing "
          "(/proxy/request/<clientID>/...) works and Go clients, which "
          "need a hostname, refuse the registration."],
-        ["base", None, "http://localhost:6519",
-         "Public base URL of this proxy; mandate tokens must be issued for "
-         "it (scheme, host, port and path prefix are compared)."],
         ["bus", None, "memory",
          "Message bus: 'memory' (one process), or "
          "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) to "
@@ -94,6 +91,13 @@ class Options(usage.Options):
     def __init__(self):
         usage.Options.__init__(self)
         self["listen"] = []
+        self["bases"] = []
+
+    def opt_base(self, url):
+        """
+        Public base URL of this proxy; mandate tokens must be issued for it (scheme, host, port and path prefix are compared). Repeatable, for other names or addresses clients use. [default: http://localhost:6519]
+        """  # noqa: E501 (one line: twistd --help wraps it itself)
+        self["bases"].append(url)
 
     def opt_listen(self, description):
         """
@@ -115,11 +119,14 @@ class Options(usage.Options):
             validate_bus_url(self["bus"])
         except ValueError as e:
             raise usage.UsageError(str(e))
-        base = self["base"]
-        if not base.startswith(("http://", "https://")):
-            raise usage.UsageError(
-                "--base must be an http:// or https:// URL: {!r}".format(base)
-            )
+        if not self["bases"]:
+            self["bases"] = ["http://localhost:6519"]
+        for base in self["bases"]:
+            if not base.startswith(("http://", "https://")):
+                raise usage.UsageError(
+                    "--base must be an http:// or https:// URL: {!r}".format(base)
+                )
+        self["base"] = self["bases"][0]
         keys = self["authorized-keys"]
         if keys is not None:
             from .authorized import AuthorizedKeys
@@ -159,6 +166,7 @@ def makeService(config, reactor=None):
         listen=config["listen"],
         domain=config["domain"],
         base=config["base"],
+        extra_bases=tuple(config["bases"][1:]),
         bus_url=config["bus"],
         request_timeout=config["request-timeout"],
         max_body=config["max-body"],
