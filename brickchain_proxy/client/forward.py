@@ -10,13 +10,14 @@ unanswered.
 
 from urllib.parse import urlsplit
 
-from twisted.internet import protocol
+from twisted.internet import endpoints, protocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..features import MULTI_HEADER
@@ -52,6 +53,47 @@ class BytesProducer:
 
     def stopProducing(self):
         pass
+
+
+@implementer(IAgentEndpointFactory)
+class LocalEndpoints:
+    """
+    Endpoints for the local service, built once per origin rather than for
+    every request (Agent's default builds a HostnameEndpoint and IDNA-encodes
+    the host each time); an IP address gets a plain TCP endpoint, which
+    needs no name resolution thread for new pooled connections.
+    """
+
+    def __init__(self, reactor, timeout):
+        self._reactor = reactor
+        self._timeout = timeout
+        self._endpoints = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._build(*key)
+        return endpoint
+
+    def _build(self, scheme, host, port):
+        name = host.decode("ascii")
+        if isIPAddress(name):
+            endpoint = endpoints.TCP4ClientEndpoint(
+                self._reactor, name, port, timeout=self._timeout)
+        elif isIPv6Address(name):
+            endpoint = endpoints.TCP6ClientEndpoint(
+                self._reactor, name, port, timeout=self._timeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(
+                self._reactor, name, port, timeout=self._timeout)
+        if scheme == b"https":
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(name), endpoint)
+        elif scheme != b"http":
+            raise ValueError("unsupported scheme {!r}".format(scheme))
+        return endpoint
 
 
 class BodyTooLarge(Exception):
@@ -150,7 +192,8 @@ class LocalForwarder:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         self.pool.cachedConnectionTimeout = 110
-        self._agent = Agent(reactor, pool=self.pool)
+        self._agent = Agent.usingEndpointFactory(
+            reactor, LocalEndpoints(reactor, timeout), pool=self.pool)
         self._in_flight = set()
 
     def url_for(self, message, features):
