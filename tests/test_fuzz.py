@@ -93,6 +93,7 @@ from tests.test_tunnel_protocol import (
     RawTunnelClient,
     without_global_timers,
 )
+from tests.test_ws_flow import FakeVisitor
 
 # -- settings ------------------------------------------------------------------
 
@@ -622,23 +623,6 @@ class CodecFuzzTests(_FuzzTestCase):
 
 
 _CLIENT_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
-
-
-class FakeVisitor:
-    """
-    Stands in for a visitor websocket on the proxy: records what the hub
-    gives it.
-    """
-
-    def __init__(self):
-        self.delivered = []
-        self.lost = []
-
-    def deliver(self, message):
-        self.delivered.append(message)
-
-    def tunnel_lost(self, reason):
-        self.lost.append(reason)
 
 
 class ProxyWorld:

@@ -13,13 +13,11 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
 
-from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.client.local_ws import LocalWebSockets
 from brickchain_proxy.correlation import TunnelGone
 from brickchain_proxy.features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
@@ -31,7 +29,7 @@ from brickchain_proxy.messages import (
     decode,
     encode,
 )
-from brickchain_proxy.proxy.hub import TunnelHub
+from tests.test_hub import HubTestCase
 
 TIMEOUT = 30.0
 CLIENT = "c" * 52
@@ -93,20 +91,10 @@ def text(stream_id, body):
     return WSMessage(id=stream_id, message_type=1, body=body)
 
 
-class _HubFlowTestCase(SynchronousTestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.bus = MemoryBus(self.clock)
-        self.directory = MemoryDirectory()
-        self.hubs = []
-        self.addCleanup(self.assertNothingLeft)
-
-    def make_hub(self, instance_id):
-        hub = TunnelHub(self.clock, self.bus, self.directory,
-                        request_timeout=TIMEOUT, instance_id=instance_id)
-        self.successResultOf(hub.start())
-        self.hubs.append(hub)
-        return hub
+class _HubFlowTestCase(HubTestCase):
+    """
+    L{HubTestCase}, and no stream or relay may be left behind either.
+    """
 
     def pump(self):
         """
@@ -118,9 +106,8 @@ class _HubFlowTestCase(SynchronousTestCase):
     def assertNothingLeft(self):
         for hub in self.hubs:
             self.assertEqual(hub.streams, {}, hub.instance_id)
-            self.assertEqual(len(hub.pending), 0, hub.instance_id)
             self.assertEqual(hub._relays, {}, hub.instance_id)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        HubTestCase.assertNothingLeft(self)
 
 
 class LocalStreamTests(_HubFlowTestCase):
