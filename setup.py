@@ -35,9 +35,18 @@ setup(
         "zope.interface>=6.0",
     ],
     extras_require={
+        # The compatibility tier runs real third-party software around the
+        # tunnel: aiohttp, uvicorn + starlette as local services; websockets,
+        # aiohttp and headless Chromium (driven by playwright, using
+        # Debian's chromium, never a downloaded browser) as visitors.
         "test": [
             "hypothesis>=6.90.0",
             "coverage>=7.0",
+            "aiohttp>=3.9",
+            "starlette>=0.37",
+            "uvicorn>=0.29",
+            "websockets>=12.0",
+            "playwright>=1.44",
         ],
         "speed": ["wsaccel>=0.6.6"],
     },
