@@ -14,6 +14,7 @@ from twisted.internet import endpoints, protocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -25,9 +26,12 @@ from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
 from .urls import local_url
 
-# What the client never forwards to the local service: Agent sets Host and
-# Content-Length itself.
-_DROP_FROM_REQUEST = frozenset(["host", "content-length"])
+# What the client never forwards to the local service: Agent writes Host and
+# Content-Length itself (once each), and the whole body is already here, so
+# an Expect: 100-continue was the visitor's question to the proxy.  Agent
+# adds nothing else: every other header reaches the local service exactly as
+# often as the visitor sent it.
+_DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
 _NO_BODY_METHODS = frozenset(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"])
 
 
@@ -173,18 +177,20 @@ class LocalForwarder:
         (keep it below the proxy's request timeout, so the visitor gets our
         504 with a reason rather than the proxy's).
     @param max_body: largest response body forwarded; larger ones become 502.
+    @param clock: the clock for the timeout (default: C{reactor}).
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
-                 pool_size=64):
+                 pool_size=64, clock=None):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
                 "local URL must be http://host[:port][/prefix]: {!r}".format(local_url)
             )
         self._reactor = reactor
+        self._clock = reactor if clock is None else clock
         self._origin = "{}://{}".format(parts.scheme, parts.netloc)
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
@@ -234,7 +240,7 @@ class LocalForwarder:
             return succeed(_error(message, 502, "bad request for the local service: {}"
                                   .format(e)))
         d.addCallback(self._read, message, features)
-        d.addTimeout(self.timeout, self._reactor)
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_timed_out)
         d.addErrback(self._local_failed, message)
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
@@ -298,6 +304,16 @@ class LocalForwarder:
         for d in list(self._in_flight):
             d.cancel()
         return self.pool.closeCachedConnections()
+
+
+def _timed_out(result, timeout):
+    """
+    C{addTimeout}'s conversion: whatever cancelling the local request ended
+    in -- Agent reports a cancelled request as C{ResponseNeverReceived}, a
+    cancelled body read as C{CancelledError} -- the local service was too
+    slow, which the visitor must see as 504, not as a 502 "unreachable".
+    """
+    return Failure(TimeoutError("no answer within {:g} seconds".format(timeout)))
 
 
 def _connection_listed(response):

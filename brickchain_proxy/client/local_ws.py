@@ -15,19 +15,65 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 
 from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
-from ..headers import wire_to_pairs
+from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
 from ..wsutil import SendBufferWatch, close_websocket, is_open
 from .urls import local_url
 
-# Handled by Autobahn itself, or specific to the visitor's hop.
-_DROP_FROM_LOCAL = frozenset(
-    ["host", "origin", "sec-websocket-protocol", "sec-websocket-key",
-     "sec-websocket-version", "sec-websocket-extensions", "content-length"]
+#: Headers Autobahn writes into every opening handshake itself (RFC 6455
+#: 4.1: Host, Upgrade, Connection, Sec-WebSocket-Key/-Version/-Extensions,
+#: plus its fixed Pragma and Cache-Control "no-cache"), so a forwarded copy
+#: would reach the local service twice -- aiohttp, for one, answers a second
+#: User-Agent with 400.  User-Agent, Origin and the offered subprotocols are
+#: forwarded through Autobahn's own fields instead (L{handshake_fields}).
+_WRITTEN_BY_AUTOBAHN = frozenset(
+    ["host", "user-agent", "origin", "pragma", "cache-control",
+     "sec-websocket-protocol", "sec-websocket-key", "sec-websocket-version",
+     "sec-websocket-extensions", "sec-websocket-accept", "content-length"]
 )
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+
+
+def handshake_fields(wire):
+    """
+    Split a ws-request's headers into what Autobahn's client factory takes:
+    the visitor's User-Agent, Origin and offered subprotocols go into their
+    own fields (so each is written once, and the User-Agent is the
+    visitor's, not Autobahn's); every other end-to-end header is forwarded
+    as it came, one line per name.
+
+    @param wire: the ws-request's headers object.
+    @return: C{(headers, useragent, origin, protocols)}: a L{dict} of name to
+        value, the User-Agent or L{None} (then none is sent), the Origin or
+        L{None}, and the list of offered subprotocols or L{None}.
+    """
+    headers = {}
+    for name, values in wire_to_pairs(wire, _WRITTEN_BY_AUTOBAHN):
+        text = [v.decode("utf-8") for v in values]
+        headers[name.decode("ascii")] = join_values(name.decode("ascii").lower(), text)
+    useragent = origin = protocols = None
+    for name, value in wire.items():
+        lower = name.lower()
+        if lower not in _HANDSHAKE_FIELDS:
+            continue
+        values = [v for v in (value if isinstance(value, list) else [value])
+                  if isinstance(v, str)]
+        if not values:
+            continue
+        # CR and LF cannot be sent in a header line.
+        values = [v.replace("\r", " ").replace("\n", " ") for v in values]
+        if lower == "sec-websocket-protocol":
+            protocols = [p.strip() for v in values for p in v.split(",") if p.strip()]
+        elif lower == "origin":
+            origin = values[0]
+        else:
+            useragent = ", ".join(values)
+    return headers, useragent, origin, protocols
+
+
+_HANDSHAKE_FIELDS = frozenset(["user-agent", "origin", "sec-websocket-protocol"])
 
 
 class LocalWebSocket(WebSocketClientProtocol):
@@ -151,22 +197,11 @@ class LocalWebSockets:
         if stream_id in self.streams:
             self._log.warn("duplicate ws-request {id} ignored", id=stream_id)
             return
-        headers = {}
-        protocols = None
-        origin = None
-        for name, values in wire_to_pairs(message.headers, _DROP_FROM_LOCAL):
-            headers[name.decode("ascii")] = b", ".join(values).decode("utf-8")
-        for name, value in message.headers.items():
-            lower = name.lower()
-            values = value if isinstance(value, list) else [value]
-            if lower == "sec-websocket-protocol":
-                protocols = [p.strip() for v in values for p in v.split(",") if p.strip()]
-            elif lower == "origin":
-                origin = values[0]
+        headers, useragent, origin, protocols = handshake_fields(message.headers)
         try:
             factory = _LocalFactory(
                 url=self.url_for(message), headers=headers, protocols=protocols,
-                origin=origin, reactor=self._reactor,
+                origin=origin, useragent=useragent, reactor=self._reactor,
             )
         except Exception as e:
             self._answer(stream_id, False, "bad websocket request: {}".format(e))

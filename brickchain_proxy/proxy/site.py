@@ -28,7 +28,9 @@ from ..messages import HttpRequest, encode
 from .hub import BusUnavailable, RemoteFailure, TunnelOffline
 from .visitor_ws import accept_visitor, is_websocket_upgrade
 
-_DROP_FROM_REQUEST = frozenset(["host"])
+# Host is this hop's; the proxy has read the whole body, so it answered any
+# "Expect: 100-continue" itself.
+_DROP_FROM_REQUEST = frozenset(["host", "expect"])
 # One DNS label: letters, digits and inner hyphens, 1 to 63 characters.
 _DNS_LABEL = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 #: What Root.tunnel_for_host returns for a malformed tunnel hostname.
