@@ -41,6 +41,9 @@ class FakeConnection:
     def send_raw(self, data):
         self.sent.append(data)
 
+    def send_frame(self, stream_id, data, last=False):
+        self.send_raw(data)
+
     def tunnel_taken_over(self, client_id):
         self.taken_over.append(client_id)
 

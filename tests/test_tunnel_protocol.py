@@ -880,3 +880,68 @@ class WatchdogTests(ClientProtocolTestCase):
 
         self.failureResultOf(registered, RegistrationFailed)
         self.assertEqual(len(self.closes), 1)
+
+
+class V1PacingTests(ProxyProtocolTestCase):
+    """
+    Frames of a visitor websocket toward a v1 client leave one pacing
+    interval apart (the Go client would reorder them); our own client gets
+    them as they come.
+    """
+
+    def setUp(self):
+        ProxyProtocolTestCase.setUp(self)
+        self.factory.v1_ws_pacing = 0.005
+
+    def frames(self, count):
+        from brickchain_proxy.messages import WSMessage
+
+        return [encode(WSMessage.from_payload("stream-1", b"%d" % n, False, False))
+                for n in range(count)]
+
+    def test_frames_to_a_v1_client_are_spaced_by_the_pacing(self):
+        """A v1 client gets back-to-back frames of one stream one interval apart, in order."""
+        server, client = self.connect()
+        self.register(client)
+        del client.messages[:]
+        frames = self.frames(3)
+        for raw in frames:
+            server.send_frame("stream-1", raw)
+        self.net.flush()
+        self.assertEqual(client.messages, frames[:1])
+        self.net.advance(0.005)
+        self.assertEqual(client.messages, frames[:2])
+        self.net.advance(0.005)
+        self.assertEqual(client.messages, frames)
+
+    def test_frames_to_a_client_with_features_are_not_paced(self):
+        """A client that negotiated features gets every frame at once."""
+        server, client = self.connect()
+        self.register(client, features=["binary-ws"])
+        del client.messages[:]
+        frames = self.frames(3)
+        for raw in frames:
+            server.send_frame("stream-1", raw)
+        self.net.flush()
+        self.assertEqual(client.messages, frames)
+
+    def test_pacing_off_sends_v1_frames_at_once(self):
+        """With pacing 0 a v1 client gets every frame at once."""
+        self.factory.v1_ws_pacing = 0
+        server, client = self.connect()
+        self.register(client)
+        del client.messages[:]
+        frames = self.frames(3)
+        for raw in frames:
+            server.send_frame("stream-1", raw)
+        self.net.flush()
+        self.assertEqual(client.messages, frames)
+
+    def test_closing_drops_the_waiting_frames_and_their_timers(self):
+        """A connection that closes with frames waiting leaves no timer behind."""
+        server, client = self.connect()
+        self.register(client)
+        for raw in self.frames(3):
+            server.send_frame("stream-1", raw)
+        self.net.close_all()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

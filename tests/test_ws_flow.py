@@ -65,6 +65,9 @@ class FakeConnection:
     def send_raw(self, data):
         self.sent.append(decode(data))
 
+    def send_frame(self, stream_id, data, last=False):
+        self.send_raw(data)
+
     def tunnel_taken_over(self, client_id):
         pass
 

@@ -410,7 +410,7 @@ class TunnelHub:
                         client_id.encode("ascii"), stream_id.encode("ascii"),
                         teardown))
                 else:
-                    stream.owner.send_raw(teardown)
+                    stream.owner.send_frame(stream_id, teardown, True)
             return f
 
         d.addCallbacks(refused, failed)
@@ -439,7 +439,7 @@ class TunnelHub:
         if owner is None:
             return False
         if not isinstance(owner, str):
-            owner.send_raw(raw)
+            owner.send_frame(stream_id, raw, last)
         elif last:
             self._publish(owner, b"T\n%s\n%s\n%s" % (
                 stream.client_id.encode("ascii"), stream_id.encode("ascii"), raw))
@@ -475,6 +475,36 @@ class TunnelHub:
         for stream_id in gone:
             self.streams.pop(stream_id).visitor.tunnel_lost(
                 "the tunnel's proxy instance is gone")
+
+    def throttle_stream(self, stream_id, paused):
+        """
+        Stop (C{paused}) or resume reading the visitor of stream
+        C{stream_id}, if it is on this instance: its frames wait for their
+        pace to a v1 client (L{FramePacer}).
+        """
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.visitor.throttle(paused)
+
+    def reset_stream(self, stream_id):
+        """
+        Give up stream C{stream_id} on the tunnel side: its frames could not
+        be paced (a visitor on another instance sending too fast for a v1
+        client).  The client is told the visitor closed, the visitor that
+        the tunnel is gone.
+        """
+        teardown = encode(WSTeardown(id=stream_id))
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            if not isinstance(stream.owner, str) and stream.owner is not None:
+                stream.owner.send_raw(teardown)
+            stream.visitor.tunnel_lost("websocket too fast for the tunnel client")
+            return
+        relay = self._relays.get(stream_id)
+        if relay is not None:
+            relay[1].send_raw(teardown)
+            self._fail_remote(stream_id, relay[0],
+                              "websocket too fast for the tunnel client")
 
     def forget_stream(self, stream_id):
         """
@@ -521,13 +551,15 @@ class TunnelHub:
                 _, client_id, raw = envelope.split(b"\n", 2)
                 connection = self.local.get(client_id.decode("ascii"))
                 if connection is not None:
-                    connection.send_raw(adapt_to(connection.features, raw))
+                    connection.send_frame(None, adapt_to(connection.features, raw))
             elif kind == b"T":
                 _, client_id, stream_id, raw = envelope.split(b"\n", 3)
-                self._drop_relay(stream_id.decode("ascii"))
+                stream_id = stream_id.decode("ascii")
+                self._drop_relay(stream_id)
                 connection = self.local.get(client_id.decode("ascii"))
                 if connection is not None:
-                    connection.send_raw(adapt_to(connection.features, raw))
+                    connection.send_frame(
+                        stream_id, adapt_to(connection.features, raw), True)
             elif kind == b"F":
                 _, message_id, reason = envelope.split(b"\n", 2)
                 self._remote_failed(message_id.decode("ascii"),

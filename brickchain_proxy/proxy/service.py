@@ -23,6 +23,12 @@ from .tunnel import TunnelServerFactory
 from .visitor_ws import VisitorFactory
 
 
+#: Seconds between two frames of one visitor websocket sent to a v1 (Go)
+#: client, which would otherwise reorder frames that reach it back to back
+#: (L{brickchain_proxy.proxy.pacing}).
+V1_WS_PACING = 0.005
+
+
 def max_message_size(max_body):
     """
     Largest websocket message accepted from a tunnel client: a body of
@@ -50,7 +56,7 @@ class ProxyService(service.MultiService):
                  max_headers=100, max_header_bytes=16384, idle_timeout=75.0,
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
-                 extra_bases=()):
+                 extra_bases=(), v1_ws_pacing=V1_WS_PACING):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -75,6 +81,7 @@ class ProxyService(service.MultiService):
             max_message_size=max_message or max_message_size(max_body),
             authorizer=self.authorized_keys,
             url=_ws_url(base),
+            v1_ws_pacing=v1_ws_pacing,
         )
         self.visitor_factory = VisitorFactory(
             self.hub, reactor, max_message_size=max_body,

@@ -73,6 +73,12 @@ class Options(usage.Options):
         ["idle-timeout", None, 75.0,
          "Seconds an idle visitor HTTP connection is kept open.",
          positive(float)],
+        ["v1-ws-pacing", None, None,
+         "Seconds between two frames of one websocket sent to a v1 (Go) "
+         "tunnel client, which reorders frames that reach it back to back; "
+         "each such websocket then carries at most 1/SECONDS frames per "
+         "second toward the client. 0 turns pacing off. Our own client is "
+         "never paced. [default: 0.005]", float],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds in-flight requests get to finish before tunnel "
          "connections are closed (1001) and the proxy exits.", float],
@@ -110,6 +116,12 @@ class Options(usage.Options):
     def postOptions(self):
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must be 0 or more")
+        if self["v1-ws-pacing"] is None:
+            from .service import V1_WS_PACING
+
+            self["v1-ws-pacing"] = V1_WS_PACING
+        if self["v1-ws-pacing"] < 0:
+            raise usage.UsageError("--v1-ws-pacing must be 0 or more")
         if self["ws-ping-interval"] < 0:
             raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
@@ -184,5 +196,6 @@ def makeService(config, reactor=None):
         shutdown_grace=config["shutdown-grace"],
         access_log=config["access-log"],
         trust_forwarded=config["trust-forwarded"],
+        v1_ws_pacing=config["v1-ws-pacing"],
         handle_signals=True,
     )

@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import (
 from twisted.logger import Logger
 
 from .. import features as _features
+from .pacing import FramePacer
 from ..identity import RegistrationRefused, derive_client_id
 from ..wsutil import TunnelBackpressure, close_websocket, fail_if_invalid_text
 from ..messages import (
@@ -47,6 +48,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     _log = Logger()
 
     _opened = False
+    _pacer = None
     _registration_timer = None
     _ping_timer = None
     _peer_text = "?"
@@ -129,6 +131,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         offered = message.features
         negotiated = _features.negotiate(offered, factory.features)
         self.features = negotiated
+        if not negotiated and factory.v1_ws_pacing and self._pacer is None:
+            self._pacer = FramePacer(
+                self._clock, factory.v1_ws_pacing, self.send_raw,
+                self._hub.throttle_stream, self._hub.reset_stream)
         self.client_ids.add(client_id)
         self.tokens[client_id] = token
         if self._registration_timer is not None:
@@ -172,6 +178,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             )
 
     def handle_stream(self, message, payload):
+        if self._pacer is not None and type(message) is WSTeardown:
+            self._pacer.forget(message.id)
         self._hub.stream_from_tunnel(self, message, payload)
 
     def handle_disconnect(self, message, payload):
@@ -202,6 +210,25 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             return
         self._last_sent = self._clock.seconds()
         self.sendMessage(data, isBinary=False)
+
+    def send_frame(self, stream_id, raw, last=False):
+        """
+        Send a ws-message (or, with C{last}, the ws-teardown) of visitor
+        websocket C{stream_id}; to a v1 client, paced (L{FramePacer}).
+
+        @param stream_id: L{None} when only C{raw} knows it (a frame relayed
+            from another instance).
+        """
+        pacer = self._pacer
+        if pacer is None:
+            self.send_raw(raw)
+            return
+        if stream_id is None:
+            try:
+                stream_id = decode(raw).id
+            except MessageError:
+                return
+        pacer.send(stream_id, raw, last)
 
     def tunnel_taken_over(self, client_id):
         """
@@ -271,6 +298,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._registration_timer = self._ping_timer = None
+        if self._pacer is not None:
+            self._pacer.stop()
         # Autobahn leaves its closing-handshake timer running when the TCP
         # connection goes before the client's close frame arrives (as when a
         # client answers our close by dropping TCP): cancel it here.
@@ -300,7 +329,8 @@ class TunnelServerFactory(WebSocketServerFactory):
 
     def __init__(self, hub, verifier, domain, clock, ping_interval=10.0,
                  registration_timeout=10.0, max_message_size=4 * 1024 * 1024,
-                 features=_features.SUPPORTED, authorizer=None, url=None):
+                 features=_features.SUPPORTED, authorizer=None, url=None,
+                 v1_ws_pacing=0.0):
         WebSocketServerFactory.__init__(self, url=url, reactor=clock)
         self.hub = hub
         self.verifier = verifier
@@ -309,6 +339,9 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.ping_interval = ping_interval
         self.registration_timeout = registration_timeout
         self.features = frozenset(features)
+        #: seconds between two frames of one websocket sent to a v1 client
+        #: (L{FramePacer}); 0 sends them as they come
+        self.v1_ws_pacing = v1_ws_pacing
         self._authorizer = authorizer
         self.connections = set()
         self.setProtocolOptions(

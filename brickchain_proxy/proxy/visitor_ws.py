@@ -237,6 +237,18 @@ class VisitorProtocol(WebSocketServerProtocol):
             self._stream_open = False
             close_websocket(self, message.code or 1000, message.reason)
 
+    def throttle(self, paused):
+        """
+        Stop (C{paused}) or resume reading this visitor: its frames wait for
+        their pace to a v1 tunnel client.
+        """
+        if self.transport is None:
+            return
+        if paused:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
     def tunnel_lost(self, reason):
         """
         The tunnel carrying this websocket is gone: close with 1001.
