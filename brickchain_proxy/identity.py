@@ -377,7 +377,8 @@ class TokenVerifier:
         self.max_ttl = max_ttl
         # Other URLs clients may know this proxy by (an address, an
         # internal name); a token naming any of them is for this proxy.
-        self._bases = [_endpoint(url) for url in (base_url, *extra_bases)]
+        self._base_urls = (base_url, *extra_bases)
+        self._bases = [_endpoint(url) for url in self._base_urls]
 
     def verify(self, token: str, now: float) -> MandateToken:
         """
@@ -392,7 +393,8 @@ class TokenVerifier:
         if timestamp > now + self.clock_skew:
             raise RegistrationRefused(FUTURE)
         if not self.accepts_uri(uri):
-            raise RegistrationRefused(WRONG_ENDPOINT)
+            raise RegistrationRefused("%s: the token names %s; this proxy is %s" % (
+                WRONG_ENDPOINT, uri[:200], " or ".join(self._base_urls)))
         return MandateToken(
             jwk=jwk,
             client_id=client_id_from_jwk(jwk),

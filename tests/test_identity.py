@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import stat
-import unittest
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,30 +27,18 @@ from brickchain_proxy.identity import (
     rfc7638_input,
     session_client_id,
 )
+from tests import protocol_vectors
 
 BASE = "http://127.0.0.1:6519"
 NOW = 1795000000.0
 
 
-def _vectors_dir():
-    """
-    Return the protocol vectors folder, or skip the calling test.
-    """
-    default = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        os.pardir, "shared", "protocol", "vectors",
-    )
-    path = os.environ.get("BRICKCHAIN_VECTORS") or os.path.normpath(default)
-    if not os.path.isfile(os.path.join(path, "identity.json")):
-        raise unittest.SkipTest(
-            "protocol vectors not found at %s (set BRICKCHAIN_VECTORS)" % (path,)
-        )
-    return path
-
-
 def _read_vector(name, mode="r"):
-    with open(os.path.join(_vectors_dir(), name), mode) as f:
-        return f.read()
+    """
+    The vector file C{name} (L{tests.protocol_vectors}: C{tests/vectors/}
+    or C{$BRICKCHAIN_VECTORS}), as text or, with C{mode="rb"}, bytes.
+    """
+    return protocol_vectors.read_vector(name, mode)
 
 
 def _b64(data):
@@ -267,7 +254,9 @@ class VectorTokenTests(SynchronousTestCase):
             TokenVerifier("http://example.org").verify,
             self.token, now=self.timestamp + 1,
         )
-        self.assertEqual(exc.reason, "Token not for this endpoint")
+        self.assertEqual(
+            exc.reason, "Token not for this endpoint: the token names "
+            "http://127.0.0.1:6519; this proxy is http://example.org")
 
     def test_sign_mandate_token_reproduces_go_header(self):
         """Our header is byte-for-byte the one the Go client writes."""
@@ -591,5 +580,8 @@ class ExtraBaseTests(SynchronousTestCase):
         token = key.sign_mandate_token("http://10.0.0.6:6519", now=now)
         with self.assertRaises(RegistrationRefused) as caught:
             verifier.verify(token, now=now)
-        self.assertEqual(caught.exception.reason, "Token not for this endpoint")
+        self.assertEqual(
+            caught.exception.reason, "Token not for this endpoint: the token "
+            "names http://10.0.0.6:6519; this proxy is https://proxy.example.io "
+            "or http://10.0.0.5:6519")
 

@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from ..identity import ClientKey
+from ..identity import WRONG_ENDPOINT, ClientKey
 from .forward import LocalForwarder
 from .tunnel import TunnelClientFactory
 
@@ -103,6 +105,54 @@ def client_endpoint(reactor, ws_url, tls_options=None):
     return endpoint
 
 
+def describe_connect_failure(failure, host):
+    """
+    Why a connection to the proxy could not be made, in a few words for the
+    retry log: connection refused, DNS, timeout, TLS, or the error itself.
+    """
+    from twisted.internet import error
+
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(error.DNSLookupError):
+        return "DNS lookup of {} failed".format(host)
+    if failure.check(error.TimeoutError, error.TCPTimedOutError):
+        return "connection timed out"
+    try:
+        from OpenSSL.SSL import Error as SSLError
+    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
+        SSLError = ()
+    if SSLError and failure.check(SSLError):
+        return "TLS handshake failed: {}".format(failure.getErrorMessage())
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """
+    An endpoint that tells its owner why each failed connect failed
+    (L{ClientService} only counts failures).
+    """
+
+    def __init__(self, endpoint, report, url):
+        self._endpoint = endpoint
+        self._report = report
+        self._url = url
+
+    def __repr__(self):
+        return "<endpoint for {}>".format(self._url)
+
+    def connect(self, factory):
+        d = self._endpoint.connect(factory)
+
+        def failed(failure):
+            self._report(failure)
+            return failure
+
+        d.addErrback(failed)
+        return d
+
+
 class TunnelClientService(service.MultiService):
     """
     Keeps one registered tunnel to the proxy, reconnecting with capped
@@ -145,6 +195,8 @@ class TunnelClientService(service.MultiService):
         )
         self._registration_waiters = []
         self._connector = None
+        #: why the last attempt failed, for the retry log
+        self._last_failure = None
 
     def startService(self):
         try:
@@ -167,7 +219,9 @@ class TunnelClientService(service.MultiService):
             tls_options = tls_options_for(urlsplit(self.ws_url).hostname,
                                           self._ca_cert)
         self._connector = ClientService(
-            client_endpoint(self._reactor, self.ws_url, tls_options),
+            _ReportingEndpoint(
+                client_endpoint(self._reactor, self.ws_url, tls_options),
+                self._connect_failed, self.ws_url),
             factory,
             retryPolicy=self._retry_delay,
             clock=self._reactor,
@@ -201,7 +255,17 @@ class TunnelClientService(service.MultiService):
     def _retry_delay(self, attempt):
         # ClientService counts failed TCP connects; a connection that opens
         # but is refused at registration counts as a failure too.
-        return self._backoff(attempt + self._refusals)
+        delay = self._backoff(attempt + self._refusals)
+        reason, self._last_failure = self._last_failure, None
+        if reason is not None:
+            self._log.warn(
+                "cannot use the proxy at {url}: {reason}; retrying in "
+                "{delay:.1f} s", url=self.ws_url, reason=reason, delay=delay)
+        return delay
+
+    def _connect_failed(self, failure):
+        self._last_failure = describe_connect_failure(
+            failure, urlsplit(self.ws_url).hostname)
 
     def _registered(self, protocol, response):
         self._refusals = 0
@@ -230,6 +294,22 @@ class TunnelClientService(service.MultiService):
                            code=code)
         else:
             self._refusals += 1
+            refusal = protocol.refusal
+            if protocol.tls_error is not None:
+                self._last_failure = "TLS verification of the proxy failed: " + \
+                    protocol.tls_error
+            elif refusal is not None:
+                self._last_failure = "registration refused: " + refusal
+                if refusal.startswith(WRONG_ENDPOINT):
+                    self._log.error(
+                        "the token was signed for {proxy_url} (--proxy); the "
+                        "proxy accepts only the URLs given to it with --base: "
+                        "start the client with --proxy set to one of them, or "
+                        "add {proxy_url} to the proxy's --base options",
+                        proxy_url=self.proxy_url)
+            else:
+                self._last_failure = "closed before registration: {}".format(
+                    reason or "code {}".format(code))
 
     def _write_state(self, response):
         state = {

@@ -52,6 +52,10 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     _log = Logger()
 
     registration = None
+    #: the proxy's reason, when it refused the registration
+    refusal = None
+    #: why TLS verification of the proxy failed, when it did
+    tls_error = None
     _watchdog = None
     _opened = False
 
@@ -107,6 +111,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
             verify_hostname(handle, hostname)
         except Exception as e:
+            self.tls_error = "certificate not valid for {}".format(hostname)
             self._log.error(
                 "TLS verification of the proxy failed, not connecting: "
                 "certificate not valid for {hostname}: {error}",
@@ -132,6 +137,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 self._log.error(
                     "the proxy refused the registration: {reason}", reason=reason
                 )
+                self.refusal = reason
                 self._registration_failed(reason)
             else:
                 self._log.warn("malformed message from the proxy ignored: {error}",
@@ -235,6 +241,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
     def connectionLost(self, reason):
         if _is_tls_failure(reason):
+            self.tls_error = reason.getErrorMessage()
             self._log.error(
                 "TLS verification of the proxy failed, not connecting: {error}",
                 error=reason.getErrorMessage(),
@@ -252,6 +259,9 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             self.closeHandshakeTimeoutCall.cancel()
             self.closeHandshakeTimeoutCall = None
         if not self._opened:
+            # The websocket never opened (refused upgrade, TLS, ...): the
+            # attempt failed, and the service backs off and says why.
+            self.factory.connection_closed(self, code, reason)
             return
         self._opened = False
         self.local_websockets.close_all()

@@ -130,10 +130,18 @@ class ProxyService(service.MultiService):
         d.addCallback(lambda _: self.hub.start())
         d.addErrback(lambda f: self._log.failure("bus start failed", f))
         service.MultiService.startService(self)
-        self._log.info(
-            "brickproxy listening; base {base}, tunnels at <clientID>.{domain}",
-            base=self._base, domain=self._domain,
-        )
+        if self._domain:
+            self._log.info(
+                "brickproxy listening; base {base}, tunnels at <clientID>.{domain}",
+                base=self._base, domain=self._domain,
+            )
+        else:
+            self._log.warn(
+                "brickproxy listening; base {base}, no --domain: tunnels are "
+                "reachable only at {base}/proxy/request/<clientID>/, and Go "
+                "clients, which need a hostname, treat their registration as "
+                "failed", base=self._base.rstrip("/"),
+            )
         return d
 
     def _sighup(self, signum, frame):

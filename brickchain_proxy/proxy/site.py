@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
-from twisted.web import pages, server
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from .. import __version__
@@ -59,6 +59,16 @@ class BoundedRequest(server.Request):
         if length is not None and length > max_body:
             self.body_too_large = True
 
+    def processingFailed(self, reason):
+        """
+        A bug answered as 500 in plain text (Twisted's page is HTML), with
+        the traceback in the log.
+        """
+        self._log.failure("request processing failed", failure=reason)
+        if not self.finished and not self._disconnected:
+            _finish_plain(self, 500, "internal error in the proxy\n")
+        return reason
+
     def handleContentChunk(self, data):
         if self.body_too_large:
             return
@@ -68,6 +78,15 @@ class BoundedRequest(server.Request):
             self.content = io.BytesIO()
             return
         self.content.write(data)
+
+
+_BAD_REQUEST_TEXT = (
+    b"bad request: malformed, or over the proxy's limits on header lines "
+    b"and size\n")
+_BAD_REQUEST_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_BAD_REQUEST_TEXT), _BAD_REQUEST_TEXT))
 
 
 class PublicSite(server.Site):
@@ -102,16 +121,17 @@ class PublicSite(server.Site):
         http_channel.totalHeadersSize = self.max_header_bytes
         # One header line may use the whole head (Twisted cuts lines at 16 KB).
         http_channel.MAX_LENGTH = max(http_channel.MAX_LENGTH, self.max_header_bytes)
-        refuse = http_channel._respondToBadRequestAndDisconnect
-
         def refuse_and_log():
             # Twisted answers a malformed request, or one over the header
-            # limits, with a bare 400; say so in our log too.
+            # limits, with a bare 400 and no body; say why, in words, to the
+            # visitor and in our log.
             self._log.warn(
                 "400 to {peer}: malformed request or over the header limits "
                 "({headers} lines / {size} bytes)", peer=_peer(addr),
                 headers=self.max_headers, size=self.max_header_bytes)
-            refuse()
+            if http_channel.transport is not None:
+                http_channel.transport.write(_BAD_REQUEST_RESPONSE)
+            http_channel.loseConnection()
 
         http_channel._respondToBadRequestAndDisconnect = refuse_and_log
         return channel
@@ -402,13 +422,16 @@ class PathRouter(Resource):
 
     def getChild(self, name, request):
         if not name:
-            return pages.notFound("No tunnel", "Use /proxy/request/<clientID>/...")
+            return PlainError(404, "no tunnel named: use /proxy/request/<clientID>/...")
         raw_path = request.uri.partition(b"?")[0]
         # ["", "proxy", "request", "<id>", "rest..."]
         parts = raw_path.split(b"/", 4)
         rest = b"/" + parts[4] if len(parts) == 5 else b"/"
         request.tunnel_route = (name.decode("utf-8", "replace").lower(), rest)
         return self._tunnel_resource
+
+    def render(self, request):
+        return _NOT_FOUND.render(request)
 
 
 class InfoResource(Resource):
@@ -424,11 +447,48 @@ class InfoResource(Resource):
             {"name": "brickchain-proxy", "version": __version__, "domain": domain}
         ).encode("utf-8")
 
-    def render_GET(self, request):
+    def render(self, request):
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return _plain(request, 405, "this page only answers GET and HEAD\n")
         request.setHeader(b"Content-Type", b"application/json")
         return self._body
 
-    render_HEAD = render_GET
+
+class PlainError(Resource):
+    """
+    An error answer with a plain-text body, for every method: what the
+    proxy itself refuses is said in words, never in an HTML page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code, text):
+        Resource.__init__(self)
+        self._code = code
+        self._text = text + "\n"
+
+    def render(self, request):
+        return _plain(request, self._code, self._text)
+
+
+_NOT_FOUND = PlainError(404, "not found on this proxy")
+
+
+class Directory(Resource):
+    """
+    A resource that only holds children: itself and unknown children are a
+    plain-text 404.
+    """
+
+    def getChild(self, name, request):
+        return _NOT_FOUND
+
+    def render(self, request):
+        return _NOT_FOUND.render(request)
+
+
+_BAD_HOST = PlainError(400, "the Host header does not name a valid tunnel hostname")
 
 
 class Root(Resource):
@@ -450,16 +510,14 @@ class Root(Resource):
             if client_id is INVALID_HOST:
                 self._log.warn("400: malformed tunnel hostname {host!r}",
                                host=request.getHeader(b"host"))
-                return pages.errorPage(
-                    400, "Bad Request",
-                    "The Host header does not name a valid tunnel hostname.")
+                return _BAD_HOST
             if client_id is not None:
                 request.tunnel_route = (client_id, request.uri.partition(b"?")[0])
                 return self._tunnel_resource
         return Resource.getChildWithDefault(self, name, request)
 
     def getChild(self, name, request):
-        return pages.notFound()
+        return _NOT_FOUND
 
     def tunnel_for_host(self, host):
         """
@@ -499,7 +557,7 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
     tunnel_resource = TunnelResource(tunnel)
     root = Root(domain, tunnel_resource)
     root.putChild(b"", InfoResource(domain))
-    proxy = Resource()
+    proxy = Directory()
     proxy.putChild(b"subscribe", subscribe_resource)
     proxy.putChild(b"request", PathRouter(tunnel_resource))
     root.putChild(b"proxy", proxy)

@@ -1,0 +1,190 @@
+"""
+What a newcomer trips over: a proxy without C{--domain} says so once and
+never logs C{<clientID>.None}; every error the proxy answers itself is plain
+text; the client's retry log says why the last attempt failed, and a token
+signed for another URL tells the client which URL it signed and what to
+change.  Real proxy and client on loopback.
+"""
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from tests.support import (
+    RecordingResource,
+    start_client,
+    start_local_service,
+    start_proxy,
+    unused_local_url,
+    visitor,
+    wait_until,
+)
+
+
+def _texts(events):
+    return [formatEvent(event) for event in events]
+
+
+class ProxyWithoutDomainTests(TestCase):
+    """
+    A proxy started without C{--domain} works by path routing, warns once
+    at start, and never writes C{None} where a hostname would be.
+    """
+
+    @defer.inlineCallbacks
+    def test_warns_once_and_never_logs_a_none_hostname(self):
+        """One warning at start; a registration and a request log no <clientID>.None."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        local = RecordingResource()
+        local_url = start_local_service(self, local)
+        proxy, port, _ = yield start_proxy(self, domain=None)
+        client = start_client(self, "http://127.0.0.1:{}".format(port), local_url)
+        registration = yield client.when_registered()
+        http = visitor(self)
+        response = yield http.get("http://127.0.0.1:{}/proxy/request/{}/hello".format(
+            port, registration.key_id))
+        yield response.content()
+        self.assertEqual(response.code, 200)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn
+                    and "no --domain" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("/proxy/request/<clientID>/", formatEvent(warnings[0]))
+        self.assertEqual([t for t in _texts(events) if ".None" in t], [])
+        self.assertEqual(client.public_url, "http://127.0.0.1:{}/proxy/request/{}/".format(
+            port, registration.key_id))
+
+
+class _RawRequest(protocol.Protocol):
+    def __init__(self, data, finished):
+        self._data = data
+        self._finished = finished
+        self._received = []
+
+    def connectionMade(self):
+        self.transport.write(self._data)
+
+    def dataReceived(self, data):
+        self._received.append(data)
+
+    def connectionLost(self, reason):
+        self._finished.callback(b"".join(self._received))
+
+
+def raw_exchange(port, data):
+    """
+    Send C{data} to 127.0.0.1:C{port} and collect everything until the
+    server closes.
+    """
+    finished = defer.Deferred()
+    factory = protocol.ClientFactory()
+    factory.protocol = lambda: _RawRequest(data, finished)
+    reactor.connectTCP("127.0.0.1", port, factory)
+    return finished
+
+
+class PlainTextErrorTests(TestCase):
+    """
+    Every error the proxy answers itself has a plain-text body that says
+    what happened -- never an HTML page, never an empty 400.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.port, _ = yield start_proxy(self)
+        self.http = visitor(self)
+
+    @defer.inlineCallbacks
+    def assertPlain(self, method, path, code, says, headers=None):
+        response = yield self.http.request(
+            method, "http://127.0.0.1:{}{}".format(self.port, path),
+            headers=headers)
+        body = yield response.content()
+        self.assertEqual(response.code, code, body)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/plain; charset=utf-8"])
+        self.assertIn(says, body)
+        self.assertFalse(body.lstrip().startswith(b"<"), body)
+        return response
+
+    def test_unknown_path_is_a_plain_404(self):
+        """A path the proxy has no page for: 404 in words."""
+        return self.assertPlain("GET", "/no/such/page", 404, b"not found on this proxy")
+
+    def test_proxy_directory_is_a_plain_404(self):
+        """/proxy and /proxy/request themselves: 404 in words."""
+        d = self.assertPlain("GET", "/proxy", 404, b"not found")
+        d.addCallback(lambda _: self.assertPlain("GET", "/proxy/request", 404, b"not found"))
+        d.addCallback(lambda _: self.assertPlain("GET", "/proxy/request/", 404,
+                                                 b"/proxy/request/<clientID>/"))
+        return d
+
+    @defer.inlineCallbacks
+    def test_wrong_method_on_the_info_page_is_a_plain_405(self):
+        """POST / is 405 with Allow, in words."""
+        response = yield self.assertPlain("POST", "/", 405, b"only answers GET and HEAD")
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+
+    def test_malformed_tunnel_hostname_is_a_plain_400(self):
+        """A Host that is not a DNS label under the domain: 400 in words."""
+        return self.assertPlain("GET", "/", 400, b"does not name a valid tunnel hostname",
+                                headers={b"Host": [b"bad_label.localhost"]})
+
+    def test_unknown_tunnel_is_a_plain_502(self):
+        """A well-formed but unknown tunnel: 502 in words."""
+        return self.assertPlain("GET", "/proxy/request/{}/".format("a" * 52), 502,
+                                b"is not connected")
+
+    @defer.inlineCallbacks
+    def test_malformed_request_line_is_a_plain_400(self):
+        """A request Twisted cannot parse gets a 400 with a body saying why, then the close."""
+        answer = yield raw_exchange(self.port, b"NOT A REQUEST\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 "), answer)
+        self.assertIn(b"Content-Type: text/plain; charset=utf-8", head)
+        self.assertIn(b"bad request: malformed", body)
+
+
+class ClientRetryLogTests(TestCase):
+    """
+    The client's retry log names why the last attempt failed.
+    """
+
+    def setUp(self):
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def retry_warnings(self):
+        return [formatEvent(e) for e in self.events
+                if "retrying in" in e.get("log_format", "")]
+
+    @defer.inlineCallbacks
+    def test_refused_connection_is_named(self):
+        """Nothing listening at the proxy's port: the retry log says connection refused."""
+        start_client(self, unused_local_url(), "http://127.0.0.1:1")
+        warnings = yield wait_until(self.retry_warnings)
+        self.assertIn("connection refused", warnings[0])
+
+    @defer.inlineCallbacks
+    def test_http_status_of_a_non_websocket_server_is_named(self):
+        """A plain HTTP server at the proxy's URL: the retry log gives its HTTP status."""
+        local_url = start_local_service(self, RecordingResource())
+        start_client(self, local_url, "http://127.0.0.1:1")
+        warnings = yield wait_until(self.retry_warnings)
+        self.assertIn("closed before registration", warnings[0])
+        self.assertIn("200", warnings[0])
+
+    @defer.inlineCallbacks
+    def test_token_for_another_url_names_the_signed_url_and_the_fix(self):
+        """A --proxy URL the proxy does not know as --base: refusal with both URLs and a hint."""
+        _, port, _ = yield start_proxy(self)
+        signed_for = "http://localhost:{}".format(port)
+        start_client(self, signed_for, "http://127.0.0.1:1")
+        warnings = yield wait_until(self.retry_warnings)
+        self.assertIn("registration refused: Token not for this endpoint: the token "
+                      "names {}; this proxy is http://127.0.0.1:{}".format(signed_for, port),
+                      warnings[0])
+        hints = [formatEvent(e) for e in self.events
+                 if "--base" in e.get("log_format", "")
+                 and e["log_level"] == LogLevel.error]
+        self.assertIn(signed_for, hints[0])
+        self.assertIn("--proxy", hints[0])
