@@ -59,6 +59,21 @@ def fail_if_invalid_text(protocol, payload, is_binary):
     return False
 
 
+class CleanClose:
+    """
+    Mixin for Autobahn server protocols: once the closing handshake is
+    complete, close the TCP connection normally.  Autobahn aborts it
+    (C{abortConnection}, a TCP reset) when the peer answers our close
+    frame, and browsers then report the close as unclean
+    (C{CloseEvent.wasClean} false) though code and reason arrived.
+    """
+
+    def dropConnection(self, abort=False):
+        if abort and self.wasClean:
+            abort = False
+        super().dropConnection(abort)
+
+
 def is_open(protocol):
     """
     Whether C{protocol} can send messages.

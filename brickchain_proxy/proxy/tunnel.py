@@ -16,7 +16,12 @@ from twisted.logger import Logger
 from .. import features as _features
 from .pacing import FramePacer
 from ..identity import RegistrationRefused, derive_client_id
-from ..wsutil import TunnelBackpressure, close_websocket, fail_if_invalid_text
+from ..wsutil import (
+    CleanClose,
+    TunnelBackpressure,
+    close_websocket,
+    fail_if_invalid_text,
+)
 from ..messages import (
     Disconnect,
     HttpResponse,
@@ -39,7 +44,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
 
-class TunnelServerProtocol(WebSocketServerProtocol):
+class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
     """
     One client connection.  It may register several tunnels (v1 allows it);
     each lives as long as the connection.

@@ -33,6 +33,7 @@ from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOC
 from ..headers import add_forwarded_headers, headers_to_wire
 from ..messages import MessageError, WSMessage, WSRequest, WSTeardown, encode
 from ..wsutil import (
+    CleanClose,
     SendBufferWatch,
     close_websocket,
     is_open,
@@ -62,7 +63,7 @@ def is_websocket_upgrade(request):
     return any(b"upgrade" in value.lower() for value in connection)
 
 
-class VisitorProtocol(WebSocketServerProtocol):
+class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     """
     One visitor's websocket, tunnelled as stream C{stream_id}.
 
