@@ -426,7 +426,7 @@ class CrossInstanceWebSocketTests(_RedisCluster, TestCase):
 
         def empty():
             return all(not i.proxy.hub.streams and not len(i.proxy.hub.pending)
-                       and not i.proxy.hub._relays for i in instances)
+                       and not len(i.proxy.hub.relays) for i in instances)
 
         return wait_until(empty, what="hubs empty")
 

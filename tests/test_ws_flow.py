@@ -109,7 +109,7 @@ class _HubFlowTestCase(HubTestCase):
     def assertNothingLeft(self):
         for hub in self.hubs:
             self.assertEqual(hub.streams, {}, hub.instance_id)
-            self.assertEqual(hub._relays, {}, hub.instance_id)
+            self.assertEqual(len(hub.relays), 0, hub.instance_id)
         HubTestCase.assertNothingLeft(self)
 
 
@@ -290,7 +290,7 @@ class RemoteStreamTests(_HubFlowTestCase):
         # A dies without a word: its subscription is simply gone.
         self.hubs.remove(self.a)
         self.a._bus.unsubscribe(self.a._channel, self.a._bus_received)
-        self.a._relays.clear()
+        self.a.relays.clear()
         self.b.check_remote_streams()
         self.pump()
         self.assertEqual(self.visitor.lost, ["the tunnel's proxy instance is gone"])

@@ -16,21 +16,9 @@ Routing:
     over the bus;
   - nobody holds it: L{TunnelOffline} at once.
 
-Bus envelopes are byte strings: a one-letter kind, newline-separated header
-fields, then the raw protocol message untouched (never re-encoded)::
-
-    R <client_id> <from_instance> <message_id> <raw>   a request for a tunnel
-    S <client_id> <raw>                                a frame for a tunnel
-    T <client_id> <stream_id> <raw>                    a visitor closed
-    A <raw>                                            from a tunnel, for its @id
-    F <message_id> <reason>                            that request or stream failed
-    K <client_id> <new_instance>                       you lost this tunnel
-    P                                                  are you there? (no answer)
-
-A visitor's message for a tunnel held elsewhere is encoded with every
-extension (L{TunnelHub.encoding_features}); the instance holding the tunnel
-adapts it to what the tunnel's connection negotiated (L{adapt_to}), so a
-tunnel behaves the same through every instance.
+Instances talk to each other in the envelopes of
+L{brickchain_proxy.bus.envelope}; what an instance relays for the others is
+in L{brickchain_proxy.proxy.relay}.
 
 Websockets ("streams") are opened with a ws-request correlated like any
 request; after that, frames flow without correlation, keyed by the stream id
@@ -39,24 +27,17 @@ the relay table on the tunnel's side when the two are different instances.
 """
 
 import uuid
-from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.logger import Logger
 
+from ..bus import envelope
+from ..bus.envelope import EnvelopeError
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
-from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, SUPPORTED, WS_CLOSE
-from ..headers import join_values
-from ..messages import (
-    HttpRequest,
-    MessageError,
-    WSMessage,
-    WSRequest,
-    WSTeardown,
-    decode,
-    encode,
-)
+from ..features import SUPPORTED
+from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
+from .relay import RelayTable, adapt_to
 
 
 class TunnelOffline(Exception):
@@ -76,38 +57,6 @@ def instance_channel(instance_id):
     The bus channel an instance listens on.
     """
     return "brickproxy:instance:" + instance_id
-
-
-def adapt_to(features, raw):
-    """
-    Adapt a message for a tunnel that another instance encoded with every
-    extension (see L{TunnelHub.encoding_features}) to the extensions
-    C{features} the tunnel's connection negotiated: C{raw} untouched when it
-    has them all (the usual case), otherwise re-encoded as this instance
-    would have encoded it for that connection (pure v1 for a v1 client).
-    """
-    if features >= SUPPORTED:
-        return raw
-    message = decode(raw)
-    kind = type(message)
-    if kind is HttpRequest or kind is WSRequest:
-        if RAW_PATH not in features:
-            message.url = unquote(message.url, errors="replace")
-        if MULTI_HEADER not in features:
-            message.headers = {
-                name: join_values(name.lower(), value) if isinstance(value, list)
-                else value
-                for name, value in message.headers.items()
-            }
-    elif kind is WSMessage:
-        if message.encoding is not None and BINARY_WS not in features:
-            message = WSMessage.from_payload(
-                message.id, message.payload(), True, False,
-                timestamp=message.timestamp)
-    elif kind is WSTeardown:
-        if WS_CLOSE not in features:
-            message = WSTeardown(id=message.id, timestamp=message.timestamp)
-    return encode(message)
 
 
 class Stream:
@@ -132,6 +81,8 @@ class TunnelHub:
     @ivar local: clientID -> connection, for the tunnels this instance holds.
     @ivar pending: requests waiting for a reply (L{PendingRequests}).
     @ivar streams: stream id -> L{Stream}, the visitor websockets here.
+    @ivar relays: the requests and websockets this instance relays for
+        other instances (L{RelayTable}).
     """
 
     _log = Logger()
@@ -146,9 +97,9 @@ class TunnelHub:
         self.local = {}
         self.pending = PendingRequests(reactor)
         self.streams = {}
-        # message id -> (instance to answer, connection, expiry timer):
-        # requests this instance relays for other instances.
-        self._relays = {}
+        # The asking instance gives up after request_timeout; a little later
+        # its relay here is forgotten too.
+        self.relays = RelayTable(reactor, request_timeout + 5)
         self._channel = instance_channel(self.instance_id)
 
     # -- lifecycle ---------------------------------------------------------
@@ -163,8 +114,7 @@ class TunnelHub:
         """
         Stop listening, fail everything still pending, forget tunnels.
         """
-        for message_id in list(self._relays):
-            self._drop_relay(message_id)
+        self.relays.clear()
         for connection in set(self.local.values()):
             self.connection_lost(connection)
         return self._bus.unsubscribe(self._channel, self._bus_received)
@@ -193,8 +143,7 @@ class TunnelHub:
             if previous is not None and previous != self.instance_id:
                 return self._bus.publish(
                     instance_channel(previous),
-                    b"K\n%s\n%s" % (client_id.encode("ascii"),
-                                    self.instance_id.encode("ascii")),
+                    envelope.encode(envelope.TakenOver(client_id, self.instance_id)),
                 )
 
         d.addCallback(claimed)
@@ -237,10 +186,8 @@ class TunnelHub:
         for stream_id in lost:
             self.streams.pop(stream_id).visitor.tunnel_lost(
                 "the tunnel's connection was lost")
-        for message_id, (instance, conn, _timer) in list(self._relays.items()):
-            if conn is connection:
-                self._fail_remote(message_id, instance,
-                                  "the tunnel's connection was lost")
+        for message_id in self.relays.over(connection):
+            self._fail_remote(message_id, "the tunnel's connection was lost")
         return failed
 
     def renew_all(self):
@@ -307,13 +254,10 @@ class TunnelHub:
             if stream is not None:
                 stream.owner = owner
             reply = self.pending.expect(message_id, owner, self.request_timeout)
-            envelope = b"R\n%s\n%s\n%s\n%s" % (
-                client_id.encode("ascii"),
-                self.instance_id.encode("ascii"),
-                message_id.encode("ascii"),
-                raw,
-            )
-            published = self._bus.publish(instance_channel(owner), envelope)
+            published = self._bus.publish(
+                instance_channel(owner),
+                envelope.encode(envelope.Request(
+                    client_id, self.instance_id, message_id, raw)))
 
             def delivered(receivers):
                 if receivers == 0:
@@ -358,17 +302,15 @@ class TunnelHub:
         """
         if self.pending.resolve(message.id, message, connection):
             return True
-        relay = self._relays.get(message.id)
-        if relay is not None and relay[1] is connection:
+        relay = self.relays.get(message.id, connection)
+        if relay is not None:
             if getattr(message, "ok", False):
                 # An accepted ws-response: the relay now carries the stream's
                 # frames until one side tears it down.
-                if relay[2] is not None and relay[2].active():
-                    relay[2].cancel()
-                self._relays[message.id] = (relay[0], connection, None)
+                self.relays.keep_open(relay)
             else:
-                self._drop_relay(message.id)
-            self._publish(relay[0], b"A\n" + raw)
+                self.relays.drop(message.id)
+            self._publish(relay.origin, envelope.Answer(raw))
             return True
         return False
 
@@ -406,9 +348,8 @@ class TunnelHub:
                 # keep the local websocket open forever once it opens.
                 teardown = encode(WSTeardown(id=stream_id))
                 if isinstance(stream.owner, str):
-                    self._publish(stream.owner, b"T\n%s\n%s\n%s" % (
-                        client_id.encode("ascii"), stream_id.encode("ascii"),
-                        teardown))
+                    self._publish(stream.owner, envelope.Teardown(
+                        client_id, stream_id, teardown))
                 else:
                     stream.owner.send_frame(stream_id, teardown, True)
             return f
@@ -441,11 +382,9 @@ class TunnelHub:
         if not isinstance(owner, str):
             owner.send_frame(stream_id, raw, last)
         elif last:
-            self._publish(owner, b"T\n%s\n%s\n%s" % (
-                stream.client_id.encode("ascii"), stream_id.encode("ascii"), raw))
+            self._publish(owner, envelope.Teardown(stream.client_id, stream_id, raw))
         else:
-            d = self._publish(owner, b"S\n%s\n%s" % (
-                stream.client_id.encode("ascii"), raw))
+            d = self._publish(owner, envelope.Frame(stream.client_id, raw))
             d.addCallback(self._check_stream_receiver, stream_id)
         return True
 
@@ -465,7 +404,7 @@ class TunnelHub:
         owners = {stream.owner for stream in self.streams.values()
                   if isinstance(stream.owner, str)}
         for owner in owners:
-            d = self._publish(owner, b"P")
+            d = self._publish(owner, envelope.Probe())
             d.addCallback(self._probed, owner)
 
     def _probed(self, receivers, owner):
@@ -500,11 +439,10 @@ class TunnelHub:
                 stream.owner.send_raw(teardown)
             stream.visitor.tunnel_lost("websocket too fast for the tunnel client")
             return
-        relay = self._relays.get(stream_id)
+        relay = self.relays.find(stream_id)
         if relay is not None:
-            relay[1].send_raw(teardown)
-            self._fail_remote(stream_id, relay[0],
-                              "websocket too fast for the tunnel client")
+            relay.connection.send_raw(teardown)
+            self._fail_remote(stream_id, "websocket too fast for the tunnel client")
 
     def forget_stream(self, stream_id):
         """
@@ -525,11 +463,11 @@ class TunnelHub:
                 del self.streams[stream_id]
             stream.visitor.deliver(message)
             return
-        relay = self._relays.get(stream_id)
-        if relay is not None and relay[1] is connection:
+        relay = self.relays.get(stream_id, connection)
+        if relay is not None:
             if teardown:
-                self._drop_relay(stream_id)
-            self._publish(relay[0], b"A\n" + raw)
+                self.relays.drop(stream_id)
+            self._publish(relay.origin, envelope.Answer(raw))
             return
         self._log.debug(
             "{type} for unknown websocket {id} ignored",
@@ -538,44 +476,30 @@ class TunnelHub:
 
     # -- bus ---------------------------------------------------------------
 
-    def _bus_received(self, envelope):
-        kind = envelope[:1]
+    def _bus_received(self, data):
         try:
-            if kind == b"A":
-                self._remote_answer(envelope[2:])
-            elif kind == b"R":
-                _, client_id, origin, message_id, raw = envelope.split(b"\n", 4)
-                self._relay(client_id.decode("ascii"), origin.decode("ascii"),
-                            message_id.decode("ascii"), raw)
-            elif kind == b"S":
-                _, client_id, raw = envelope.split(b"\n", 2)
-                connection = self.local.get(client_id.decode("ascii"))
-                if connection is not None:
-                    connection.send_frame(None, adapt_to(connection.features, raw))
-            elif kind == b"T":
-                _, client_id, stream_id, raw = envelope.split(b"\n", 3)
-                stream_id = stream_id.decode("ascii")
-                self._drop_relay(stream_id)
-                connection = self.local.get(client_id.decode("ascii"))
-                if connection is not None:
-                    connection.send_frame(
-                        stream_id, adapt_to(connection.features, raw), True)
-            elif kind == b"F":
-                _, message_id, reason = envelope.split(b"\n", 2)
-                self._remote_failed(message_id.decode("ascii"),
-                                    reason.decode("utf-8", "replace"))
-            elif kind == b"K":
-                _, client_id, new_owner = envelope.split(b"\n", 2)
-                self._taken_over(client_id.decode("ascii"))
-            elif kind == b"P":
-                pass  # a probe: being subscribed is the answer
-            else:
-                raise ValueError("unknown envelope kind {!r}".format(kind))
-        except (ValueError, MessageError):
+            received = envelope.decode(data)
+            self._received[type(received)](self, received)
+        except (EnvelopeError, MessageError):
             self._log.failure("malformed bus envelope ignored")
 
-    def _remote_answer(self, raw):
-        message = decode(raw)
+    def _frame_received(self, frame):
+        connection = self.local.get(frame.client_id)
+        if connection is not None:
+            connection.send_frame(None, adapt_to(connection.features, frame.raw))
+
+    def _teardown_received(self, teardown):
+        self.relays.drop(teardown.stream_id)
+        connection = self.local.get(teardown.client_id)
+        if connection is not None:
+            connection.send_frame(
+                teardown.stream_id, adapt_to(connection.features, teardown.raw), True)
+
+    def _probe_received(self, probe):
+        pass  # being subscribed is the answer
+
+    def _remote_answer(self, answer):
+        message = decode(answer.raw)
         message_type = type(message)
         if message_type is WSMessage or message_type is WSTeardown:
             stream = self.streams.get(message.id)
@@ -588,27 +512,26 @@ class TunnelHub:
         # instance may answer (the tunnel may have moved), so do not check.
         self.pending.resolve(message.id, message)
 
-    def _remote_failed(self, message_id, reason):
+    def _remote_failed(self, failed):
+        message_id, reason = failed.message_id, failed.reason
         if self.pending.fail(message_id, RemoteFailure(reason)):
             return
         stream = self.streams.pop(message_id, None)
         if stream is not None:
             stream.visitor.tunnel_lost(reason)
 
-    def _relay(self, client_id, origin, message_id, raw):
-        connection = self.local.get(client_id)
+    def _relay(self, request):
+        connection = self.local.get(request.client_id)
         if connection is None:
-            self._publish(origin, b"F\n%s\ntunnel is not connected here" %
-                          message_id.encode("ascii"))
+            self._publish(request.origin, envelope.Failed(
+                request.message_id, "tunnel is not connected here"))
             return
-        raw = adapt_to(connection.features, raw)
-        timer = self._reactor.callLater(
-            self.request_timeout + 5, self._relays.pop, message_id, None
-        )
-        self._relays[message_id] = (origin, connection, timer)
+        raw = adapt_to(connection.features, request.raw)
+        self.relays.add(request.message_id, request.origin, connection)
         connection.send_raw(raw)
 
-    def _taken_over(self, client_id):
+    def _taken_over(self, taken_over):
+        client_id = taken_over.client_id
         connection = self.local.pop(client_id, None)
         if connection is not None:
             self._log.info(
@@ -617,19 +540,13 @@ class TunnelHub:
             )
             connection.tunnel_taken_over(client_id)
 
-    def _drop_relay(self, message_id):
-        relay = self._relays.pop(message_id, None)
-        if relay is not None and relay[2] is not None and relay[2].active():
-            relay[2].cancel()
-        return relay
+    def _fail_remote(self, message_id, reason):
+        relay = self.relays.drop(message_id)
+        if relay is not None:
+            self._publish(relay.origin, envelope.Failed(message_id, reason))
 
-    def _fail_remote(self, message_id, instance, reason):
-        self._drop_relay(message_id)
-        self._publish(instance, b"F\n%s\n%s" % (message_id.encode("ascii"),
-                                                reason.encode("utf-8")))
-
-    def _publish(self, instance, envelope):
-        d = self._bus.publish(instance_channel(instance), envelope)
+    def _publish(self, instance, outgoing):
+        d = self._bus.publish(instance_channel(instance), envelope.encode(outgoing))
         d.addErrback(self._publish_failed)
         return d
 
@@ -639,6 +556,16 @@ class TunnelHub:
         else:
             self._log.failure("bus publish failed", failure)
         return None
+
+    _received = {
+        envelope.Answer: _remote_answer,
+        envelope.Request: _relay,
+        envelope.Frame: _frame_received,
+        envelope.Teardown: _teardown_received,
+        envelope.Failed: _remote_failed,
+        envelope.TakenOver: _taken_over,
+        envelope.Probe: _probe_received,
+    }
 
 
 __all__ = ["TunnelHub", "TunnelOffline", "BusUnavailable", "RemoteFailure",
