@@ -7,6 +7,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from .errors import CLOSE_INVALID_PAYLOAD
+
 #: Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE = frozenset([1005, 1006, 1015])
 
@@ -35,9 +37,6 @@ def close_websocket(protocol, code=1000, reason=""):
     elif state in (WebSocketProtocol.STATE_CONNECTING,
                    WebSocketProtocol.STATE_PROXY_CONNECTING):
         protocol.dropConnection(abort=True)
-
-
-CLOSE_INVALID_PAYLOAD = 1007
 
 
 def fail_if_invalid_text(protocol, payload, is_binary):
@@ -139,7 +138,7 @@ class WebSocketEndpointResource:
     def render(self, request):
         from twisted.web.server import NOT_DONE_YET
 
-        if request.channel.transport is None or not _asks_upgrade(request):
+        if request.channel.transport is None or not is_websocket_upgrade(request):
             request.setResponseCode(426)
             request.setHeader(b"Upgrade", b"websocket")
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -149,9 +148,16 @@ class WebSocketEndpointResource:
         return NOT_DONE_YET
 
 
-def _asks_upgrade(request):
+def is_websocket_upgrade(request):
+    """
+    Whether a twisted.web request asks for a websocket upgrade
+    (C{Upgrade: websocket} and C{Connection: upgrade}, RFC 6455 4.2.1).
+    """
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
-    return bool(upgrade) and upgrade[0].strip().lower() == b"websocket"
+    if not upgrade or upgrade[0].strip().lower() != b"websocket":
+        return False
+    connection = request.requestHeaders.getRawHeaders(b"connection") or ()
+    return any(b"upgrade" in value.lower() for value in connection)
 
 
 @implementer(IPushProducer)

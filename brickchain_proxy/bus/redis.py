@@ -17,11 +17,12 @@ answers 503 for the others.
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..endpoints import client_endpoint, verifying_tls
 from ..ratelimit import IRateLimiter
 from .interface import BusUnavailable, IBus, ITunnelDirectory
 
@@ -151,14 +152,9 @@ class RedisBackend:
 
     def _endpoint(self):
         config = self._config
-        endpoint = endpoints.HostnameEndpoint(
-            self._reactor, config["host"], config["port"], timeout=5)
-        if config["tls"]:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.wrapClientTLS(
-                optionsForClientTLS(config["host"]), endpoint)
-        return endpoint
+        tls = verifying_tls(config["host"]) if config["tls"] else None
+        return client_endpoint(self._reactor, config["host"], config["port"], tls,
+                               timeout=5)
 
     def stop(self):
         """

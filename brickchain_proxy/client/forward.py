@@ -10,8 +10,7 @@ unanswered.
 
 from urllib.parse import urlsplit
 
-from twisted.internet import endpoints, protocol
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet import protocol
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +20,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from ..endpoints import client_endpoint, verifying_tls
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
@@ -82,22 +82,12 @@ class LocalEndpoints:
 
     def _build(self, scheme, host, port):
         name = host.decode("ascii")
-        if isIPAddress(name):
-            endpoint = endpoints.TCP4ClientEndpoint(
-                self._reactor, name, port, timeout=self._timeout)
-        elif isIPv6Address(name):
-            endpoint = endpoints.TCP6ClientEndpoint(
-                self._reactor, name, port, timeout=self._timeout)
-        else:
-            endpoint = endpoints.HostnameEndpoint(
-                self._reactor, name, port, timeout=self._timeout)
         if scheme == b"https":
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(name), endpoint)
-        elif scheme != b"http":
+            return client_endpoint(self._reactor, name, port, verifying_tls(name),
+                                   timeout=self._timeout)
+        if scheme != b"http":
             raise ValueError("unsupported scheme {!r}".format(scheme))
-        return endpoint
+        return client_endpoint(self._reactor, name, port, timeout=self._timeout)
 
 
 class BodyTooLarge(Exception):

@@ -11,9 +11,10 @@ from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
 )
-from twisted.internet import endpoints
 from twisted.logger import Logger
 
+from ..endpoints import client_endpoint, verifying_tls
+from ..errors import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG
 from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
@@ -31,9 +32,6 @@ _WRITTEN_BY_AUTOBAHN = frozenset(
      "sec-websocket-protocol", "sec-websocket-key", "sec-websocket-version",
      "sec-websocket-extensions", "sec-websocket-accept", "content-length"]
 )
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 
 
 def handshake_fields(wire):
@@ -215,13 +213,11 @@ class LocalWebSockets:
             failByDrop=False,
             echoCloseCodeReason=True,
         )
-        endpoint = endpoints.HostnameEndpoint(
-            self._reactor, self._host, self._port, timeout=self.timeout)
+        tls = None
         if self._secure:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.wrapClientTLS(
-                self._tls_options or optionsForClientTLS(self._host), endpoint)
+            tls = self._tls_options or verifying_tls(self._host)
+        endpoint = client_endpoint(self._reactor, self._host, self._port, tls,
+                                   timeout=self.timeout)
         d = endpoint.connect(factory)
         self.streams[stream_id] = d
 

@@ -10,11 +10,12 @@ from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..endpoints import client_endpoint
 from ..identity import WRONG_ENDPOINT, ClientKey
 from .forward import LocalForwarder
 from .tunnel import TunnelClientFactory
@@ -91,18 +92,17 @@ def _pem_blocks(pem):
             yield chunk[start:] + marker + b"\n"
 
 
-def client_endpoint(reactor, ws_url, tls_options=None):
+def proxy_endpoint(reactor, ws_url, tls_options=None):
     """
-    The stream endpoint for a ws:// or wss:// URL.
+    The stream endpoint for the proxy's ws:// or wss:// URL.
     """
     parts = urlsplit(ws_url)
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
-    endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port)
+    tls = None
     if secure:
-        options = tls_options or tls_options_for(parts.hostname)
-        endpoint = endpoints.wrapClientTLS(options, endpoint)
-    return endpoint
+        tls = tls_options or tls_options_for(parts.hostname)
+    return client_endpoint(reactor, parts.hostname, port, tls)
 
 
 def describe_connect_failure(failure, host):
@@ -220,7 +220,7 @@ class TunnelClientService(service.MultiService):
                                           self._ca_cert)
         self._connector = ClientService(
             _ReportingEndpoint(
-                client_endpoint(self._reactor, self.ws_url, tls_options),
+                proxy_endpoint(self._reactor, self.ws_url, tls_options),
                 self._connect_failed, self.ws_url),
             factory,
             retryPolicy=self._retry_delay,

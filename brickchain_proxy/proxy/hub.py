@@ -35,21 +35,10 @@ from ..bus import envelope
 from ..bus.envelope import EnvelopeError
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
+from ..errors import RemoteFailure, TunnelOffline
 from ..features import SUPPORTED
 from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
 from .relay import RelayTable, adapt_to
-
-
-class TunnelOffline(Exception):
-    """
-    No proxy instance holds a connection for this tunnel.
-    """
-
-
-class RemoteFailure(Exception):
-    """
-    The instance holding the tunnel reported that the request failed.
-    """
 
 
 def instance_channel(instance_id):
@@ -227,6 +216,15 @@ class TunnelHub:
         if connection is None:
             return SUPPORTED
         return connection.features
+
+    def backpressure_for(self, client_id):
+        """
+        The backpressure of C{client_id}'s tunnel connection when this
+        instance holds it (visitors sending into it pause when it backs
+        up), else L{None}.
+        """
+        connection = self.local.get(client_id)
+        return None if connection is None else connection.backpressure
 
     # -- requests ----------------------------------------------------------
 

@@ -15,18 +15,18 @@ import re
 import weakref
 from urllib.parse import unquote
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from .. import __version__
-from ..correlation import TunnelGone
 from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..messages import HttpRequest, encode
-from .hub import BusUnavailable, RemoteFailure, TunnelOffline
-from .visitor_ws import accept_visitor, is_websocket_upgrade
+from ..errors import INTERNAL_ERROR, failure_answer
+from ..wsutil import is_websocket_upgrade
+from .visitor_ws import accept_visitor
 
 # Host is this hop's; the proxy has read the whole body, so it answered any
 # "Expect: 100-continue" itself.
@@ -342,30 +342,16 @@ class PublicTunnel:
         request.finish()
 
     def _failed(self, failure, request, client_id):
-        if failure.check(CancelledError) or request._disconnected:
-            # The visitor hung up; the pending entry is already gone.
-            return
-        if failure.check(TunnelOffline):
-            code, text = 502, "tunnel {} is not connected\n".format(client_id)
-        elif failure.check(TimeoutError):
-            code, text = 504, (
-                "the tunnel did not answer within {:g} seconds\n"
-                .format(self._request_timeout)
-            )
-        elif failure.check(TunnelGone):
-            code, text = 502, "the tunnel's connection was lost before it answered\n"
-        elif failure.check(BusUnavailable):
-            code, text = 503, (
-                "the tunnel cannot be reached: the bus between proxy instances "
-                "is unavailable right now\n"
-            )
-        elif failure.check(RemoteFailure):
-            code, text = 502, "tunnel {}: {}\n".format(
-                client_id, failure.getErrorMessage())
-        else:
+        if request._disconnected:
+            return  # the visitor hung up; the pending entry is already gone
+        answer = failure_answer(failure, client_id, self._request_timeout)
+        if answer is None:
+            if failure.check(CancelledError):
+                return
             self._log.failure("tunnelled request failed", failure)
-            code, text = 500, "internal error in the proxy\n"
-        _finish_plain(request, code, text)
+            answer = INTERNAL_ERROR
+        code, text = answer
+        _finish_plain(request, code, text + "\n")
 
 
 def _over_limit(request, client_id, limit, log_format, text):

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from .. import features as _features
 from .pacing import FramePacer
+from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from ..identity import RegistrationRefused, derive_client_id
 from ..wsutil import (
     CleanClose,
@@ -38,10 +39,6 @@ from ..messages import (
 
 PING = encode(Ping())
 
-#: Close codes (RFC 6455).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 
 
 class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):

@@ -28,7 +28,13 @@ from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from twisted.web.server import NOT_DONE_YET
 
-from ..correlation import TunnelGone
+from ..errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    INTERNAL_ERROR,
+    failure_answer,
+)
 from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import add_forwarded_headers, headers_to_wire
 from ..messages import MessageError, WSMessage, WSRequest, WSTeardown, encode
@@ -39,7 +45,6 @@ from ..wsutil import (
     is_open,
     take_over_connection,
 )
-from .hub import BusUnavailable, RemoteFailure, TunnelOffline
 
 #: Request headers that belong to this hop's websocket handshake only.
 _DROP_FROM_WS_REQUEST = frozenset(
@@ -47,20 +52,6 @@ _DROP_FROM_WS_REQUEST = frozenset(
      "sec-websocket-extensions"]
 )
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-
-
-def is_websocket_upgrade(request):
-    """
-    Whether a twisted.web request asks for a websocket upgrade.
-    """
-    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
-    if not upgrade or upgrade[0].strip().lower() != b"websocket":
-        return False
-    connection = request.requestHeaders.getRawHeaders(b"connection") or ()
-    return any(b"upgrade" in value.lower() for value in connection)
 
 
 class VisitorProtocol(CleanClose, WebSocketServerProtocol):
@@ -111,30 +102,20 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
 
     def _refused(self, failure):
         self._pending = None
-        client_id = self.route[0]
         if failure.check(ConnectionDeny):
             return failure
         if failure.check(CancelledError):
             raise ConnectionDeny(499, "the visitor went away")
-        if failure.check(TunnelOffline):
-            raise ConnectionDeny(502, "tunnel {} is not connected".format(client_id))
         if failure.check(TimeoutError):
+            # The ws-request went out; the client must not open the local
+            # websocket for nobody.
             self._teardown()
-            raise ConnectionDeny(
-                504, "the tunnel did not answer within {:g} seconds".format(
-                    self.factory.hub.request_timeout))
-        if failure.check(TunnelGone):
-            raise ConnectionDeny(
-                502, "the tunnel's connection was lost before it answered")
-        if failure.check(BusUnavailable):
-            raise ConnectionDeny(
-                503, "the tunnel cannot be reached: the bus between proxy instances "
-                "is unavailable right now")
-        if failure.check(RemoteFailure):
-            raise ConnectionDeny(502, "tunnel {}: {}".format(
-                client_id, failure.getErrorMessage()))
-        self._log.failure("opening a tunnelled websocket failed", failure)
-        raise ConnectionDeny(500, "internal error in the proxy")
+        answer = failure_answer(failure, self.route[0],
+                                self.factory.hub.request_timeout)
+        if answer is None:
+            self._log.failure("opening a tunnelled websocket failed", failure)
+            answer = INTERNAL_ERROR
+        raise ConnectionDeny(*answer)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         # Autobahn sends only a status line; visitors deserve the reason in
@@ -153,9 +134,8 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
         try:
             self._drain = SendBufferWatch(self.factory.max_buffered)
             self.transport.registerProducer(self._drain, True)
-            tunnel = self.factory.hub.local.get(self.route[0])
-            if tunnel is not None:
-                self._backpressure = tunnel.backpressure
+            self._backpressure = self.factory.hub.backpressure_for(self.route[0])
+            if self._backpressure is not None:
                 self._backpressure.add(self)
         except Exception:
             self._log.failure("visitor websocket setup failed")

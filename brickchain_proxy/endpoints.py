@@ -1,0 +1,37 @@
+"""
+Client endpoints, built one way for every outgoing connection: the
+proxy's websocket, the local service (HTTP and websockets) and Redis.
+"""
+
+from twisted.internet import endpoints
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+
+def client_endpoint(reactor, host, port, tls=None, timeout=30):
+    """
+    A stream client endpoint for C{host}:C{port}: plain TCP for an IP
+    address (no resolver thread), a L{endpoints.HostnameEndpoint} for a
+    name; wrapped in TLS when C{tls} is given.
+
+    @param tls: L{None} for plain TCP, or the client TLS options (e.g. from
+        L{twisted.internet.ssl.optionsForClientTLS}), which verify the peer.
+    """
+    if isIPAddress(host):
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls is not None:
+        endpoint = endpoints.wrapClientTLS(tls, endpoint)
+    return endpoint
+
+
+def verifying_tls(host):
+    """
+    Client TLS options that verify C{host}'s certificate against the
+    system's trust store (service-identity checks the name).
+    """
+    from twisted.internet.ssl import optionsForClientTLS
+
+    return optionsForClientTLS(host)
