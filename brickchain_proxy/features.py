@@ -1,5 +1,5 @@
 """
-Negotiated protocol extensions (PROTOCOL.md, "Negotiated extensions").
+Negotiated protocol extensions (docs/protocol.rst, "Negotiated extensions").
 
 A client lists the features it can use in its registration-request; the
 proxy answers with the subset it will use on that tunnel.  A feature is only

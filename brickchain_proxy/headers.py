@@ -1,7 +1,7 @@
 """
 HTTP header handling shared by the proxy and the client.
 
-On the wire (PROTOCOL.md) headers are a JSON object with canonical
+On the wire (docs/protocol.rst) headers are a JSON object with canonical
 C{Title-Case} names (as Go's C{textproto.CanonicalMIMEHeaderKey}) and one
 string per header; under the C{multi-header} extension a value may be a list
 of strings.  Hop-by-hop headers never cross the tunnel.

@@ -1,5 +1,5 @@
 """
-The wire documents of the Brickchain tunneling protocol (PROTOCOL.md).
+The wire documents of the Brickchain tunneling protocol (docs/protocol.rst).
 
 Every message is one JSON object in one websocket text message, named by its
 C{@type} URI.  L{decode} turns the bytes of such a message into one of the
@@ -718,7 +718,7 @@ _ENCODERS = {
 def encode(message):
     """
     Encode one message as compact UTF-8 JSON, fields in Go's order, optional
-    fields omitted as PROTOCOL.md says.  A L{Ping} is exactly the bytes v1
+    fields omitted as docs/protocol.rst says.  A L{Ping} is exactly the bytes v1
     sends, trailing newline included.
 
     Field values are trusted, not validated; a value JSON cannot carry (or

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import traceback
-from pathlib import Path
 
 import attr
 from autobahn.twisted.websocket import (
@@ -50,7 +49,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, SkipTest, TestCase
+from twisted.trial.unittest import FailTest, TestCase
 from twisted.web.resource import Resource
 
 from brickchain_proxy import features as _features
@@ -76,6 +75,7 @@ from brickchain_proxy.messages import (
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
 from brickchain_proxy.proxy.tunnel import TunnelServerFactory
+from tests import protocol_vectors
 from tests.support import (
     RecordingResource,
     open_transports,
@@ -148,18 +148,15 @@ CLOSE_INVALID_PAYLOAD = 1007
 
 def _load_vectors():
     """
-    The exact bytes of every captured vector (C{raw/*.txt}), by name; empty
-    when the vectors folder is not there.
+    The exact bytes of every captured vector (C{raw/*.txt}), by name, from
+    L{tests.protocol_vectors} (C{tests/vectors/} or C{$BRICKCHAIN_VECTORS});
+    empty when the folder is missing, which L{require_vectors} turns into a
+    failure.
     """
-    configured = os.environ.get("BRICKCHAIN_VECTORS")
-    if configured:
-        folder = Path(configured)
-    else:
-        folder = Path(__file__).resolve().parent.parent.parent / "shared" / "protocol" / "vectors"
-    raw = folder / "raw"
-    if not raw.is_dir():
+    try:
+        return protocol_vectors.raw_vectors()
+    except protocol_vectors.VectorsMissing:
         return {}
-    return {path.stem: path.read_bytes() for path in sorted(raw.glob("*.txt"))}
 
 
 VECTORS = _load_vectors()
@@ -167,10 +164,11 @@ VECTORS = _load_vectors()
 
 def require_vectors():
     """
-    Skip the test when the protocol vectors are missing.
+    Fail the test when the protocol vectors are missing.
     """
     if not VECTORS:
-        raise SkipTest("protocol vectors not found (set BRICKCHAIN_VECTORS)")
+        path = protocol_vectors.vectors_dir()  # raises VectorsMissing
+        raise FailTest("no raw/*.txt vectors in %s" % (path,))
 
 
 # -- identities ------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """
 Tests for L{brickchain_proxy.messages}: the captured v1 vectors decode and
-re-encode, optional fields are omitted as PROTOCOL.md says, and every kind of
+re-encode, optional fields are omitted as docs/protocol.rst says, and every kind of
 malformed input raises L{MessageError}.
 """
 
@@ -9,8 +9,6 @@ import json
 import os
 import re
 import uuid
-from pathlib import Path
-from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,44 +31,25 @@ from brickchain_proxy.messages import (
     new_id,
     now_timestamp,
 )
+from tests import protocol_vectors
 
 _ID = "aa51b512-1ad1-400e-8e15-1c75f44b082b"
 _TS = "2026-11-24T15:27:02.481087069Z"
 
 
-def _vectors_dir():
-    """
-    The protocol vectors folder: C{$BRICKCHAIN_VECTORS}, else
-    C{shared/protocol/vectors} next to the repository.
-
-    @raise SkipTest: the folder is not there.
-    """
-    configured = os.environ.get("BRICKCHAIN_VECTORS")
-    if configured:
-        path = Path(configured)
-    else:
-        repo = Path(__file__).resolve().parent.parent
-        path = repo.parent / "shared" / "protocol" / "vectors"
-    if not (path / "index.json").is_file():
-        raise SkipTest(
-            "protocol vectors not found at %s (set BRICKCHAIN_VECTORS)" % (path,))
-    return path
-
-
 def _vector_index():
     """
-    The vectors folder and its parsed C{index.json}.
+    The vectors folder and its parsed C{index.json}
+    (L{tests.protocol_vectors}: C{tests/vectors/} or C{$BRICKCHAIN_VECTORS}).
     """
-    path = _vectors_dir()
-    return path, json.loads((path / "index.json").read_text(encoding="utf-8"))
+    return protocol_vectors.vector_index()
 
 
 def _raw_vector(name):
     """
     The exact wire bytes of the vector called C{name}.
     """
-    path, index = _vector_index()
-    return (path / index[name]["raw_file"]).read_bytes()
+    return protocol_vectors.raw_vector(name)
 
 
 def _doc(type_name, **fields):
@@ -280,7 +259,7 @@ class WSMessagePayloadTests(SynchronousTestCase):
 
 class OptionalFieldTests(SynchronousTestCase):
     """
-    Optional fields are omitted exactly where PROTOCOL.md says.
+    Optional fields are omitted exactly where docs/protocol.rst says.
     """
 
     def test_http_request_omits_empty_query_but_keeps_empty_body(self):

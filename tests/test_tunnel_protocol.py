@@ -68,7 +68,7 @@ CLOSE_ABNORMAL = 1006
 _SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 6519)
 _CLIENT_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
-# The ping, byte for byte, as PROTOCOL.md defines it.
+# The ping, byte for byte, as docs/protocol.rst defines it.
 PING_BYTES = b'{"@type":"https://proxy.brickchain.com/v1/ping.json"}\n'
 
 
