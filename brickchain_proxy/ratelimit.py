@@ -8,6 +8,7 @@ then one every 0.6 s).
 
 import math
 
+from twisted.internet.defer import succeed
 from zope.interface import Interface, implementer
 
 
@@ -40,9 +41,18 @@ class IRateLimiter(Interface):
         """
         Take one request from C{key}'s allowance.
 
-        @return: L{None} if allowed, else how many seconds until it would be
-            (a L{float} > 0), for C{Retry-After}.  The Redis implementation
-            returns a L{Deferred} of the same.
+        @return: a L{Deferred} firing with L{None} if allowed, else with how
+            many seconds until it would be (a L{float} > 0), for
+            C{Retry-After}.  It never fails: a limiter that cannot decide
+            (Redis down) decides locally.
+        """
+
+    def prune():
+        """
+        Forget what this instance keeps for keys that are back to a full
+        allowance.
+
+        @return: how many were forgotten.
         """
 
 
@@ -64,6 +74,14 @@ class TokenBucketLimiter:
         self._buckets = {}  # key -> [tokens, last_seconds]
 
     def check(self, key):
+        return succeed(self.wait(key))
+
+    def wait(self, key):
+        """
+        Take one request from C{key}'s allowance, synchronously.
+
+        @return: L{None} if allowed, else the seconds until it would be.
+        """
         now = self._clock.seconds()
         bucket = self._buckets.get(key)
         if bucket is None:

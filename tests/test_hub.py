@@ -11,11 +11,14 @@ is left behind).
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.correlation import TunnelGone
 from brickchain_proxy.features import SUPPORTED
 from brickchain_proxy.messages import HttpRequest, HttpResponse, decode, encode
+from brickchain_proxy.proxy.interfaces import ITunnelConnection
 from brickchain_proxy.proxy.hub import (
     RemoteFailure,
     TunnelHub,
@@ -27,9 +30,11 @@ CLIENT = "c" * 52
 OTHER_CLIENT = "d" * 52
 
 
+@implementer(ITunnelConnection)
 class FakeConnection:
     """
-    Stands in for a L{TunnelServerProtocol}: records what the hub sends it
+    Stands in for a L{TunnelServerProtocol} (verified against its
+    interface in L{FakeConnectionContractTests}): records what the hub sends it
     and whether it was told to go.
     """
 
@@ -43,6 +48,8 @@ class FakeConnection:
 
     def send_frame(self, stream_id, data, last=False):
         self.send_raw(data)
+
+    backpressure = None
 
     def tunnel_taken_over(self, client_id):
         self.taken_over.append(client_id)
@@ -524,3 +531,9 @@ class CrossInstanceTests(HubTestCase):
         self.connection.answer(self.a, raw)
         self.deliver()
         self.successResultOf(d)
+
+
+class FakeConnectionContractTests(SynchronousTestCase):
+    def test_fake_connection_provides_the_interface(self):
+        """The stand-in provides ITunnelConnection, as the real connection does."""
+        self.assertTrue(verifyObject(ITunnelConnection, FakeConnection()))

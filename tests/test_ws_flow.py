@@ -17,6 +17,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from brickchain_proxy.client.local_ws import LocalWebSockets
 from brickchain_proxy.correlation import TunnelGone
@@ -29,12 +31,14 @@ from brickchain_proxy.messages import (
     decode,
     encode,
 )
+from brickchain_proxy.proxy.interfaces import IStreamVisitor, ITunnelConnection
 from tests.test_hub import HubTestCase
 
 TIMEOUT = 30.0
 CLIENT = "c" * 52
 
 
+@implementer(IStreamVisitor)
 class FakeVisitor:
     """
     Stands in for a L{VisitorProtocol}: records what the hub delivers.
@@ -43,6 +47,7 @@ class FakeVisitor:
     def __init__(self):
         self.delivered = []
         self.lost = []
+        self.throttled = []
 
     def deliver(self, message):
         self.delivered.append(message)
@@ -50,10 +55,15 @@ class FakeVisitor:
     def tunnel_lost(self, reason):
         self.lost.append(reason)
 
+    def throttle(self, paused):
+        self.throttled.append(paused)
 
+
+@implementer(ITunnelConnection)
 class FakeConnection:
     """
-    Stands in for a L{TunnelServerProtocol}: records the messages the hub
+    Stands in for a L{TunnelServerProtocol} (verified against its
+    interface in L{FakeConnectionContractTests}): records the messages the hub
     sends it, decoded.
     """
 
@@ -67,6 +77,8 @@ class FakeConnection:
 
     def send_frame(self, stream_id, data, last=False):
         self.send_raw(data)
+
+    backpressure = None
 
     def tunnel_taken_over(self, client_id):
         pass
@@ -447,3 +459,13 @@ class LocalWebSocketsTests(SynchronousTestCase):
         self.assertEqual((response.id, response.ok), (stream_id, False))
         self.assertIn("cannot reach the local service", response.error)
         self.assertEqual(self.local.streams, {})
+
+
+class FakeConnectionContractTests(SynchronousTestCase):
+    def test_fake_connection_provides_the_interface(self):
+        """The stand-in provides ITunnelConnection, as the real connection does."""
+        self.assertTrue(verifyObject(ITunnelConnection, FakeConnection()))
+
+    def test_fake_visitor_provides_the_interface(self):
+        """The stand-in visitor provides IStreamVisitor, as the real one does."""
+        self.assertTrue(verifyObject(IStreamVisitor, FakeVisitor()))

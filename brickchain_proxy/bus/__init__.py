@@ -3,10 +3,13 @@ Message bus and tunnel directory backends, chosen by URL (C{--bus}):
 C{memory} (one process, the default) or C{redis://} / C{rediss://}.
 """
 
-from .interface import BusUnavailable, IBus, ITunnelDirectory
+from zope.interface import implementer
+
+from .interface import BusUnavailable, IBackend, IBus, ITunnelDirectory
 from .memory import MemoryBus, MemoryDirectory
 
 
+@implementer(IBackend)
 class MemoryBackend:
     """
     The in-memory backend: a bus and a directory in this process.
@@ -17,7 +20,7 @@ class MemoryBackend:
         self.directory = MemoryDirectory()
 
     def start(self):
-        pass
+        return None
 
     def stop(self):
         return self.bus.close()
@@ -62,5 +65,5 @@ def open_backend(url, reactor, directory_ttl=60):
     return RedisBackend(url, reactor, directory_ttl=directory_ttl)
 
 
-__all__ = ["IBus", "ITunnelDirectory", "BusUnavailable", "MemoryBus",
+__all__ = ["IBackend", "IBus", "ITunnelDirectory", "BusUnavailable", "MemoryBus",
            "MemoryDirectory", "MemoryBackend", "open_backend", "validate_bus_url"]

@@ -87,3 +87,39 @@ class ITunnelDirectory(Interface):
         @return: a L{Deferred} firing with the instance id holding
             C{client_id}, or L{None} if the tunnel is offline.
         """
+
+
+class IBackend(Interface):
+    """
+    A bus, its directory and their connections, chosen by C{--bus}
+    (L{brickchain_proxy.bus.open_backend}).
+    """
+
+    bus = Attribute("The L{IBus}.")
+    directory = Attribute("The L{ITunnelDirectory}.")
+
+    def start():
+        """
+        Start connecting.  Fails (or returns a failing L{Deferred}) only for
+        a configuration that can never work; a backend that is merely
+        unreachable keeps trying.
+        """
+
+    def stop():
+        """
+        Close every connection.
+
+        @return: a L{Deferred} that fires when they are closed.
+        """
+
+    def on_reconnect(listener):
+        """
+        Call C{listener()} whenever the backend is back after an outage
+        (what it held may be lost).
+        """
+
+    def rate_limiter(local_limiter):
+        """
+        The L{brickchain_proxy.ratelimit.IRateLimiter} to use: shared
+        through the backend, or C{local_limiter} itself.
+        """

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ..endpoints import client_endpoint, verifying_tls
 from ..ratelimit import IRateLimiter
-from .interface import BusUnavailable, IBus, ITunnelDirectory
+from .interface import BusUnavailable, IBackend, IBus, ITunnelDirectory
 
 
 def parse_redis_url(url):
@@ -93,6 +93,7 @@ class _Commands(txredisapi.RedisProtocol):
         return d
 
 
+@implementer(IBackend)
 class RedisBackend:
     """
     The connections to one Redis server and what is built on them.
@@ -482,7 +483,7 @@ class RedisRateLimiter:
     def _failed(self, failure, key):
         self._log.warn("shared rate limiter failed ({error}); using this "
                        "instance's limiter", error=failure.getErrorMessage())
-        return self._fallback.check(key)
+        return self._fallback.wait(key)
 
     def _fall_back(self, key):
         if not self._degraded:

@@ -8,7 +8,7 @@ plain-text answer that says why.
 
 from urllib.parse import unquote
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web import server
 
@@ -83,13 +83,10 @@ class PublicTunnel:
                 "request body is larger than the proxy's limit of {} bytes\n"
                 .format(self._max_body),
             )
-        wait = self._limiter.check(client_id)
-        if isinstance(wait, Deferred):
-            # The shared (Redis) limiter answers asynchronously.
-            wait.addCallback(self._after_limit, request, client_id, raw_path)
-            wait.addErrback(self._internal_error, request)
-            return server.NOT_DONE_YET
-        return self._after_limit(wait, request, client_id, raw_path)
+        decided = self._limiter.check(client_id)
+        decided.addCallback(self._after_limit, request, client_id, raw_path)
+        decided.addErrback(self._internal_error, request)
+        return server.NOT_DONE_YET
 
     def _after_limit(self, wait, request, client_id, raw_path):
         if wait is not None:

@@ -12,9 +12,9 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .. import features as _features
-from .pacing import FramePacer
 from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from ..identity import RegistrationRefused, derive_client_id
 from ..wsutil import (
@@ -36,11 +36,14 @@ from ..messages import (
     decode,
     encode,
 )
+from .interfaces import ITunnelConnection
+from .pacing import FramePacer
 
 PING = encode(Ping())
 
 
 
+@implementer(ITunnelConnection)
 class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
     """
     One client connection.  It may register several tunnels (v1 allows it);

@@ -27,6 +27,7 @@ from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from ..errors import (
     CLOSE_GOING_AWAY,
@@ -45,6 +46,7 @@ from ..wsutil import (
     is_open,
     take_over_connection,
 )
+from .interfaces import IStreamVisitor
 
 #: Request headers that belong to this hop's websocket handshake only.
 _DROP_FROM_WS_REQUEST = frozenset(
@@ -54,6 +56,7 @@ _DROP_FROM_WS_REQUEST = frozenset(
 
 
 
+@implementer(IStreamVisitor)
 class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     """
     One visitor's websocket, tunnelled as stream C{stream_id}.
