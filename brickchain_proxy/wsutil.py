@@ -7,6 +7,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from .compat import hand_over_connection
 from .errors import CLOSE_INVALID_PAYLOAD
 
 #: Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
@@ -80,48 +81,11 @@ def is_open(protocol):
     return protocol.state == WebSocketProtocol.STATE_OPEN
 
 
-def take_over_connection(request, protocol):
-    """
-    Hand a twisted.web request's connection to a websocket C{protocol} (as
-    Autobahn's C{WebSocketResource} does) and replay the request's head to
-    it.  Also stops the HTTP channel's idle timer and removes it as the
-    transport's producer, so the websocket protocol owns the connection.
-    """
-    from twisted.protocols.policies import ProtocolWrapper
-
-    channel = request.channel
-    channel.setTimeout(None)
-    transport, channel.transport = channel.transport, None
-    network = getattr(channel, "_networkProducer", None)
-    if network is not None:
-        network.unregisterProducer()
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    protocol.makeConnection(transport)
-    if network is not None:
-        network.resumeProducing()
-    elif hasattr(transport, "resumeProducing"):
-        transport.resumeProducing()
-    data = [request.method, b" ", request.uri, b" HTTP/1.1\r\n"]
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        data += [name, b": ", b",".join(values), b"\r\n"]
-    data.append(b"\r\n")
-    # The HTTP channel and this request now only hold each other: break the
-    # cycle so they are freed at once rather than by the cycle collector.
-    channel.requests = []
-    request.channel = None
-    protocol.dataReceived(b"".join(data))
-
-
 @implementer(IResource)
 class WebSocketEndpointResource:
     """
     A twisted.web leaf resource serving websockets from an Autobahn factory
-    (L{take_over_connection}); plain HTTP gets 426 Upgrade Required.
+    (L{compat.hand_over_connection}); plain HTTP gets 426 Upgrade Required.
     """
 
     isLeaf = True
@@ -144,7 +108,7 @@ class WebSocketEndpointResource:
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"this is a websocket endpoint\n"
         protocol = self._factory.buildProtocol(request.transport.getPeer())
-        take_over_connection(request, protocol)
+        hand_over_connection(request, protocol)
         return NOT_DONE_YET
 
 

@@ -945,3 +945,19 @@ class V1PacingTests(ProxyProtocolTestCase):
             server.send_frame("stream-1", raw)
         self.net.close_all()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RegistrationFailureLoggingTests(ProxyProtocolTestCase):
+    def test_failed_registration_reply_is_logged_with_its_traceback(self):
+        """A failure while recording a registration is logged as a failure, traceback kept."""
+        from twisted.internet import defer
+
+        self.hub.attach = lambda client_id, connection: defer.fail(RuntimeError("boom"))
+        server, client = self.connect()
+        self.register(client)
+        [event] = [e for e in self.events
+                   if "registration reply failed" in e.get("log_format", "")]
+        self.assertIsInstance(event["log_failure"].value, RuntimeError)
+        self.assertIn("boom", event["log_failure"].getTraceback())
+        self.flushLoggedErrors(RuntimeError)
+        server.client_ids.clear()  # the hub never recorded it

@@ -20,6 +20,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from ..compat import connection_header_names
 from ..endpoints import client_endpoint, verifying_tls
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
@@ -245,7 +246,7 @@ class LocalForwarder:
 
         # Read now: the connection headers belong to the parser of this
         # response, which is dropped once the body is read.
-        listed = _connection_listed(response)
+        listed = connection_header_names(response)
 
         def done(body):
             headers = headers_to_wire(response.headers, MULTI_HEADER in features,
@@ -304,31 +305,6 @@ def _timed_out(result, timeout):
     slow, which the visitor must see as 504, not as a 502 "unreachable".
     """
     return Failure(TimeoutError("no answer within {:g} seconds".format(timeout)))
-
-
-def _connection_listed(response):
-    """
-    The lower-case header names the local service listed in its response's
-    C{Connection} header: hop-by-hop by declaration (RFC 7230 6.1), so they
-    must not be forwarded.
-
-    Twisted's client keeps connection-control headers out of
-    C{response.headers}; they are only on the response's parser, reached
-    through private attributes -- if a Twisted release moves them, this
-    finds nothing and only the standard hop-by-hop headers are dropped.
-    """
-    try:
-        protocol = response._transport._producer.protocol
-        protocol = getattr(protocol, "_wrappedProtocol", protocol)
-        values = protocol._parser.connHeaders.getRawHeaders(b"connection") or ()
-    except AttributeError:
-        return frozenset()
-    return frozenset(
-        token.strip().lower().decode("latin-1")
-        for value in values
-        for token in value.split(b",")
-        if token.strip()
-    )
 
 
 def _error(message, status, text):

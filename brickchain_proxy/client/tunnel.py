@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .. import features as _features
+from ..compat import cancel_close_handshake_timer
 from ..messages import (
     Disconnect,
     HttpRequest,
@@ -255,9 +256,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         # Autobahn leaves its closing-handshake timer running when the TCP
         # connection goes before the peer's close frame arrives (as when the
         # proxy answers our disconnect by closing too): cancel it here.
-        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
-            self.closeHandshakeTimeoutCall.cancel()
-            self.closeHandshakeTimeoutCall = None
+        cancel_close_handshake_timer(self)
         if not self._opened:
             # The websocket never opened (refused upgrade, TLS, ...): the
             # attempt failed, and the service backs off and says why.

@@ -8,10 +8,11 @@ plain-text answer that says why.
 
 from urllib.parse import unquote
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import server
 
+from ..compat import visitor_gone
 from ..errors import INTERNAL_ERROR, failure_answer
 from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
@@ -56,6 +57,7 @@ class PublicTunnel:
         self.in_flight = {}
         #: set when the proxy shuts down: new requests get 503
         self.shutting_down = False
+        self._idle_waiters = []
 
     def in_flight_total(self):
         """
@@ -97,7 +99,7 @@ class PublicTunnel:
                 .format(int(wait) + 1),
             )
             return server.NOT_DONE_YET
-        if request._disconnected:
+        if visitor_gone(request):
             return server.NOT_DONE_YET
         features = self._hub.encoding_features(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
@@ -135,7 +137,8 @@ class PublicTunnel:
             callbackArgs=(request, client_id),
             errbackArgs=(request, client_id),
         )
-        d.addErrback(self._log.failure, "answering a tunnelled request failed")
+        d.addErrback(lambda f: self._log.failure(
+            "answering a tunnelled request failed", f))
         return server.NOT_DONE_YET
 
     def _done(self, result, client_id):
@@ -144,7 +147,23 @@ class PublicTunnel:
             self.in_flight[client_id] = remaining
         else:
             del self.in_flight[client_id]
+            if not self.in_flight:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
         return result
+
+    def when_idle(self):
+        """
+        @return: a L{Deferred} that fires once no tunnelled HTTP request is
+            being answered (at once if none is); cancelling it stops the
+            wait.
+        """
+        if not self.in_flight:
+            return succeed(None)
+        d = Deferred(lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(d)
+        return d
 
     def _log_access(self, request, client_id):
         started = self._clock.seconds()
@@ -166,11 +185,11 @@ class PublicTunnel:
 
     def _internal_error(self, failure, request):
         self._log.failure("tunnelled request failed", failure)
-        if not request._disconnected and not request.finished:
+        if not visitor_gone(request) and not request.finished:
             finish_plain(request, 500, "internal error in the proxy\n")
 
     def _respond(self, response, request, client_id):
-        if request._disconnected:
+        if visitor_gone(request):
             return
         status = response.status
         if not 200 <= status <= 599:
@@ -218,7 +237,7 @@ class PublicTunnel:
         request.finish()
 
     def _failed(self, failure, request, client_id):
-        if request._disconnected:
+        if visitor_gone(request):
             return  # the visitor hung up; the pending entry is already gone
         answer = failure_answer(failure, client_id, self._request_timeout)
         if answer is None:

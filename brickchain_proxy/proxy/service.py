@@ -9,7 +9,7 @@ deadline, send tunnel clients away with 1001, then exit).
 import signal
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from ..bus import open_backend
@@ -36,6 +36,67 @@ def max_message_size(max_body):
     get a clean 502; only absurd messages fail the connection (1009).
     """
     return (max_body * 4) // 3 + 1024 * 1024
+
+
+class Listener(service.Service):
+    """
+    Listens on one server endpoint while running.  A listen that fails at
+    once (the port is taken) raises from L{startService}, so twistd exits
+    with the reason instead of running deaf.
+    """
+
+    _log = Logger()
+
+    def __init__(self, endpoint, factory, description):
+        self._endpoint = endpoint
+        self._factory = factory
+        self.description = description
+        self.port = None
+        self._failure = None
+        self._waiters = []
+
+    def startService(self):
+        service.Service.startService(self)
+        failures = []
+        d = self._endpoint.listen(self._factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+        d.addErrback(self._failed)
+
+    def _listening(self, port):
+        self.port = port
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+
+    def _failed(self, failure):
+        self._log.failure("cannot listen on {endpoint}", failure,
+                          endpoint=self.description)
+        self._failure = failure
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def when_listening(self):
+        """
+        @return: a L{Deferred} firing with the L{IListeningPort} once
+            listening.
+        """
+        if self.port is not None:
+            return defer.succeed(self.port)
+        if self._failure is not None:
+            return defer.fail(self._failure)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
 
 class ProxyService(service.MultiService):
@@ -101,8 +162,7 @@ class ProxyService(service.MultiService):
         self.ports = []
         for description in listen:
             endpoint = endpoints.serverFromString(reactor, description)
-            server = internet.StreamServerEndpointService(endpoint, self.site)
-            server._raiseSynchronously = True
+            server = Listener(endpoint, self.site, description)
             server.setServiceParent(self)
             self.ports.append(server)
         ttl = self.backend.directory.ttl
@@ -113,6 +173,8 @@ class ProxyService(service.MultiService):
         housekeeping.setServiceParent(self)
         self.shutdown_grace = shutdown_grace
         self._handle_signals = handle_signals
+        self._previous_sighup = None
+        self._bus_url = bus_url
         self._domain = domain
         self._base = base
 
@@ -125,10 +187,11 @@ class ProxyService(service.MultiService):
                 "may register (open proxy, as the original)"
             )
         if self._handle_signals:
-            signal.signal(signal.SIGHUP, self._sighup)
+            previous = signal.signal(signal.SIGHUP, self._sighup)
+            self._previous_sighup = signal.SIG_DFL if previous is None else previous
         d = defer.maybeDeferred(self.backend.start)
         d.addCallback(lambda _: self.hub.start())
-        d.addErrback(lambda f: self._log.failure("bus start failed", f))
+        d.addErrback(self._bus_failed)
         service.MultiService.startService(self)
         if self._domain:
             self._log.info(
@@ -143,6 +206,20 @@ class ProxyService(service.MultiService):
                 "failed", base=self._base.rstrip("/"),
             )
         return d
+
+    def _bus_failed(self, failure):
+        """
+        Without its bus subscription this instance would accept tunnels
+        nobody else can reach and wait for answers that never arrive:
+        stop, saying why.
+        """
+        self._log.failure(
+            "the bus ({bus}) could not start: stopping the proxy", failure,
+            bus=self._bus_url)
+        if self._handle_signals:
+            # Under twistd: end the process (systemd restarts it).
+            self._reactor.callWhenRunning(self._reactor.stop)
+        return failure
 
     def _sighup(self, signum, frame):
         self._reactor.callFromThread(self.reload)
@@ -172,34 +249,38 @@ class ProxyService(service.MultiService):
         elsewhere; then release the bus.
         """
         self.public.shutting_down = True
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         yield defer.gatherResults(
             [defer.maybeDeferred(port.stopService) for port in self.ports],
             consumeErrors=True,
         )
-        deadline = self._reactor.seconds() + self.shutdown_grace
-        waited = False
-        while self.public.in_flight_total() and self._reactor.seconds() < deadline:
-            if not waited:
-                self._log.info("waiting up to {grace} s for {count} requests",
-                               grace=self.shutdown_grace,
-                               count=self.public.in_flight_total())
-                waited = True
-            yield task.deferLater(self._reactor, 0.05, lambda: None)
+        if self.public.in_flight_total():
+            self._log.info("waiting up to {grace} s for {count} requests",
+                           grace=self.shutdown_grace,
+                           count=self.public.in_flight_total())
+        yield self._wait(self.public.when_idle(), self.shutdown_grace)
         for connection in list(self.tunnel_factory.connections):
             connection.go_away()
         for stream in list(self.hub.streams.values()):
             stream.visitor.tunnel_lost("proxy shutting down")
         # Give clients a moment to complete the closing handshake.
-        for _ in range(20):
-            if not self.tunnel_factory.connections:
-                break
-            yield task.deferLater(self._reactor, 0.05, lambda: None)
+        yield self._wait(self.tunnel_factory.when_all_closed(), 1.0)
         # Kept-alive visitor connections would otherwise stay open (until
         # their idle timeout) on a proxy that no longer answers.
         self.site.close_idle_connections()
         yield service.MultiService.stopService(self)
         yield self.hub.stop()
         yield self.backend.stop()
+
+    def _wait(self, d, seconds):
+        """
+        Wait for C{d}, but no longer than C{seconds}.
+        """
+        d.addTimeout(seconds, self._reactor)
+        d.addErrback(lambda f: f.trap(defer.TimeoutError))
+        return d
 
     def set_base(self, base):
         """
@@ -215,7 +296,7 @@ class ProxyService(service.MultiService):
             (L{IListeningPort}) once every C{--listen} endpoint is bound.
         """
         return defer.gatherResults(
-            [server._waitingForPort for server in self.ports]
+            [server.when_listening() for server in self.ports]
         )
 
     def _housekeeping(self):

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from .. import __version__
+from .. import __version__, compat
 from .public import PublicTunnel, finish_plain, plain
 
 # One DNS label: letters, digits and inner hyphens, 1 to 63 characters.
@@ -50,7 +50,7 @@ class BoundedRequest(server.Request):
         the traceback in the log.
         """
         self._log.failure("request processing failed", failure=reason)
-        if not self.finished and not self._disconnected:
+        if not self.finished and not compat.visitor_gone(self):
             finish_plain(self, 500, "internal error in the proxy\n")
         return reason
 
@@ -100,7 +100,7 @@ class PublicSite(server.Site):
         channel = server.Site.buildProtocol(self, addr)
         # Site returns a wrapper (_GenericHTTPChannelProtocol) that does not
         # pass these on: set them on the HTTPChannel behind it.
-        http_channel = getattr(channel, "_channel", channel)
+        http_channel = compat.http_channel(channel)
         self._channels.add(http_channel)
         http_channel.maxHeaders = self.max_headers
         http_channel.totalHeadersSize = self.max_header_bytes
@@ -118,7 +118,7 @@ class PublicSite(server.Site):
                 http_channel.transport.write(_BAD_REQUEST_RESPONSE)
             http_channel.loseConnection()
 
-        http_channel._respondToBadRequestAndDisconnect = refuse_and_log
+        compat.answer_bad_requests_with(http_channel, refuse_and_log)
         return channel
 
     def log(self, request):

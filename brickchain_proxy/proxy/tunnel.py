@@ -11,10 +11,12 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import features as _features
+from ..compat import cancel_close_handshake_timer
 from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from ..identity import RegistrationRefused, derive_client_id
 from ..wsutil import (
@@ -163,7 +165,8 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
         # not stop the registration: this instance serves it regardless.
         attached = self._hub.attach(client_id, self)
         attached.addCallback(self._registered, client_id, response)
-        attached.addErrback(self._log.failure, "registration reply failed")
+        attached.addErrback(lambda f: self._log.failure(
+            "registration reply failed", f))
 
     def _registered(self, _, client_id, response):
         if client_id not in self.client_ids:
@@ -308,11 +311,9 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
         # Autobahn leaves its closing-handshake timer running when the TCP
         # connection goes before the client's close frame arrives (as when a
         # client answers our close by dropping TCP): cancel it here.
-        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
-            self.closeHandshakeTimeoutCall.cancel()
-            self.closeHandshakeTimeoutCall = None
+        cancel_close_handshake_timer(self)
         if self._opened:
-            self.factory.connections.discard(self)
+            self.factory.connection_closed(self)
             if self.client_ids:
                 self._log.info(
                     "tunnel {client_ids} disconnected (code {code})",
@@ -349,6 +350,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.v1_ws_pacing = v1_ws_pacing
         self._authorizer = authorizer
         self.connections = set()
+        self._closed_waiters = []
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
@@ -360,6 +362,27 @@ class TunnelServerFactory(WebSocketServerFactory):
             # 100 KB bodies.
             utf8validateIncoming=False,
         )
+
+    def connection_closed(self, connection):
+        """
+        C{connection} has closed.
+        """
+        self.connections.discard(connection)
+        if not self.connections:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_all_closed(self):
+        """
+        @return: a L{Deferred} that fires once no tunnel connection is open
+            (at once if none is); cancelling it stops the wait.
+        """
+        if not self.connections:
+            return succeed(None)
+        d = Deferred(lambda d: self._closed_waiters.remove(d))
+        self._closed_waiters.append(d)
+        return d
 
     def reauthorize(self):
         """

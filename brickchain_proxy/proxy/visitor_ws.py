@@ -29,6 +29,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from ..compat import hand_over_connection
 from ..errors import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -44,7 +45,6 @@ from ..wsutil import (
     SendBufferWatch,
     close_websocket,
     is_open,
-    take_over_connection,
 )
 from .interfaces import IStreamVisitor
 
@@ -292,7 +292,7 @@ def accept_visitor(request, factory, client_id, raw_path, features,
     add_forwarded_headers(request, message.headers, trust_forwarded)
     protocol = factory.buildProtocol(request.transport.getPeer())
     protocol.route = (client_id, message.id, encode(message), features)
-    take_over_connection(request, protocol)
+    hand_over_connection(request, protocol)
     return NOT_DONE_YET
 
 

@@ -1,0 +1,176 @@
+"""
+One test per shim in L{brickchain_proxy.compat}, each against the real
+Twisted and Autobahn objects it reaches into: a release that renames or
+moves a private name fails the shim's test here, by name.
+"""
+
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import http, server
+from twisted.web.client import Agent, readBody
+from twisted.web.resource import Resource
+
+from brickchain_proxy import compat
+from tests.support import RecordingResource, start_local_service
+
+_PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def _channel_on(transport, resource=None):
+    site = server.Site(resource or Resource(), reactor=Clock())
+    protocol = site.buildProtocol(_PEER)
+    protocol.makeConnection(transport)
+    return compat.http_channel(protocol)
+
+
+class HttpChannelTests(SynchronousTestCase):
+    def test_finds_the_http_channel_behind_the_site_wrapper(self):
+        """What Site.buildProtocol returns leads to an HTTPChannel."""
+        channel = _channel_on(StringTransport())
+        self.assertIsInstance(channel, http.HTTPChannel)
+
+    def test_header_limits_set_on_it_apply(self):
+        """maxHeaders set on the channel found is the one the parser uses."""
+        transport = StringTransport()
+        channel = _channel_on(transport)
+        channel.maxHeaders = 2
+        channel.dataReceived(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400"))
+
+
+class BadRequestTests(SynchronousTestCase):
+    def test_malformed_request_calls_our_answer(self):
+        """A malformed request line is answered by the callable given, not Twisted's bare 400."""
+        transport = StringTransport()
+        channel = _channel_on(transport)
+        called = []
+
+        def respond():
+            called.append(True)
+            transport.write(b"ours")
+            channel.loseConnection()
+
+        compat.answer_bad_requests_with(channel, respond)
+        channel.dataReceived(b"NOT HTTP\r\n\r\n")
+        self.assertEqual(called, [True])
+        self.assertEqual(transport.value(), b"ours")
+
+
+class _Hold(Resource):
+    isLeaf = True
+
+    def __init__(self):
+        Resource.__init__(self)
+        self.requests = []
+
+    def render(self, request):
+        self.requests.append(request)
+        return server.NOT_DONE_YET
+
+
+class VisitorGoneTests(SynchronousTestCase):
+    def test_is_false_while_connected_and_true_once_gone(self):
+        """A request's visitor counts as gone once its connection is lost."""
+        hold = _Hold()
+        transport = StringTransport()
+        channel = _channel_on(transport, hold)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [request] = hold.requests
+        self.assertFalse(compat.visitor_gone(request))
+        request.notifyFinish().addErrback(lambda _: None)
+        channel.connectionLost(Exception("gone"))
+        self.assertTrue(compat.visitor_gone(request))
+
+
+class _Recorder(Protocol):
+    def __init__(self):
+        self.received = []
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+
+class HandOverTests(SynchronousTestCase):
+    def test_connection_and_head_reach_the_new_protocol(self):
+        """The new protocol gets the transport and the request head; the channel lets go."""
+        hold = _Hold()
+        transport = StringTransport()
+        channel = _channel_on(transport, hold)
+        channel.dataReceived(b"GET /ws?a=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        [request] = hold.requests
+        recorder = _Recorder()
+        compat.hand_over_connection(request, recorder)
+        self.assertIs(recorder.transport, transport)
+        self.assertIsNone(channel.transport)
+        head = b"".join(recorder.received)
+        self.assertTrue(head.startswith(b"GET /ws?a=1 HTTP/1.1\r\n"), head)
+        self.assertIn(b"Upgrade: websocket\r\n", head)
+        # The HTTP channel no longer produces for the transport: the new
+        # protocol can register its own producer.
+        transport.registerProducer(object(), True)
+
+    def test_a_websocket_protocol_completes_its_handshake(self):
+        """An Autobahn server protocol handed the connection answers 101."""
+        hold = _Hold()
+        transport = StringTransport()
+        channel = _channel_on(transport, hold)
+        channel.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        [request] = hold.requests
+        factory = WebSocketServerFactory(reactor=Clock())
+        factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0)
+        factory.protocol = WebSocketServerProtocol
+        transport.clear()
+        compat.hand_over_connection(request, factory.buildProtocol(_PEER))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value())
+
+
+class ConnectionHeaderNamesTests(TestCase):
+    @defer.inlineCallbacks
+    def test_names_listed_in_the_response_connection_header(self):
+        """The names the server listed in Connection are found on a real Agent response."""
+        from twisted.internet import reactor
+        from twisted.web.client import HTTPConnectionPool
+
+        url = start_local_service(self, RecordingResource())  # /headers: Connection: X-Foo
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        response = yield Agent(reactor, pool=pool).request(
+            b"GET", url.encode("ascii") + b"/headers")
+        names = compat.connection_header_names(response)
+        yield readBody(response)
+        self.assertIn("x-foo", names)
+
+
+class CloseHandshakeTimerTests(SynchronousTestCase):
+    def test_cancels_autobahns_closing_timer(self):
+        """The closing-handshake timer Autobahn starts is cancelled and forgotten."""
+        factory = WebSocketServerFactory(reactor=Clock())
+        protocol = factory.buildProtocol(_PEER)
+        cancelled = []
+
+        class Call:
+            def cancel(self):
+                cancelled.append(True)
+
+        protocol.closeHandshakeTimeoutCall = Call()
+        compat.cancel_close_handshake_timer(protocol)
+        self.assertEqual(cancelled, [True])
+        self.assertIsNone(protocol.closeHandshakeTimeoutCall)
+
+    def test_the_attribute_autobahn_uses_is_still_there(self):
+        """Autobahn still names its closing-handshake timer closeHandshakeTimeoutCall."""
+        import inspect
+
+        from autobahn.websocket import protocol
+
+        self.assertIn("closeHandshakeTimeoutCall", inspect.getsource(protocol))
+
+
