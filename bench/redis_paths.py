@@ -38,8 +38,8 @@ import sys
 import tempfile
 import time
 
-# Process handling is shared with the main benchmark (bench/bench.py).
-from bench import Processes, SetupError, free_port, wait_listening  # noqa: E402
+# Process handling is shared with the main benchmark (bench/processes.py).
+from processes import Processes, SetupError, free_port, wait_listening  # noqa: E402
 
 BODY = bytes(range(256)) * 4  # 1 KB, deterministic
 

@@ -362,7 +362,8 @@ class HandshakeTests(_WebSocketFixture, TestCase):
 
 class LoadTests(_WebSocketFixture, TestCase):
     """
-    Many websockets share one tunnel; measured throughput is reported.
+    Many websockets share one tunnel.  (Round trips per second are
+    measured by bench/ws_roundtrips.py and bench/run, not here.)
     """
 
     async def test_500_concurrent_websockets_each_get_their_own_echo(self):
@@ -389,19 +390,3 @@ class LoadTests(_WebSocketFixture, TestCase):
                          what="client streams empty")
         await wait_until(lambda: not self.local.open_connections(),
                          what="local websockets closed")
-
-    async def test_round_trips_per_second_through_the_tunnel_and_direct(self):
-        """Measure (not assert) sequential 100-byte echoes per second, tunnelled and direct."""
-        tunnel = await self.start_tunnel()
-        payload = b"x" * 100
-        rates = {}
-        for name, url in [("tunnel", self.ws_url(tunnel, "/echo")),
-                          ("direct", self.local.ws_url("/echo"))]:
-            visitor = await connect_visitor(self, url)
-            await visitor.echo(payload)  # warm up
-            started = time.perf_counter()
-            for _ in range(2000):
-                await visitor.echo(payload)
-            rates[name] = 2000 / (time.perf_counter() - started)
-        print("\nwebsocket round trips/s (2000 x 100 B, sequential): "
-              "through the tunnel {tunnel:.0f}, direct {direct:.0f}".format(**rates))
