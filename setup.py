@@ -24,15 +24,18 @@ setup(
     install_requires=[
         "twisted[tls]>=23.10.0",
         "autobahn>=23.1.2",
-        "txredisapi>=1.4.10",
+        # 1.6.0: RedisFactory.startConnecting(endpoint) (TLS, our endpoints)
+        # and username= (Redis 6 ACLs).
+        "txredisapi>=1.6.0",
         "pyopenssl>=23.0.0",
         "service-identity>=23.1.0",
         "cryptography>=41.0.0",
         "jwcrypto>=1.5.0",
-        "treq>=23.11.0",
         "orjson>=3.9.0",
         "pybase64>=1.3.0",
         "zope.interface>=6.0",
+        # attr.s classes: the wire messages, the envelopes, the relays.
+        "attrs>=22.2.0",
     ],
     extras_require={
         # The compatibility tier runs real third-party software around the
@@ -40,6 +43,7 @@ setup(
         # aiohttp and headless Chromium (driven by playwright, using
         # Debian's chromium, never a downloaded browser) as visitors.
         "test": [
+            "treq>=23.11.0",
             "hypothesis>=6.90.0",
             "coverage>=7.0",
             "aiohttp>=3.9",

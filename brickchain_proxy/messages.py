@@ -137,14 +137,6 @@ class _Message:
 
     __slots__ = ()
 
-    @classmethod
-    def create(cls, **fields):
-        """
-        Build a message from keyword fields; C{id} and C{timestamp}, when not
-        given, are a fresh id and the current time.
-        """
-        return cls(**fields)
-
 
 def _message(cls):
     return attr.s(slots=True, auto_attribs=True, kw_only=True)(cls)

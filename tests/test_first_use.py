@@ -188,3 +188,19 @@ class ClientRetryLogTests(TestCase):
                  and e["log_level"] == LogLevel.error]
         self.assertIn(signed_for, hints[0])
         self.assertIn("--proxy", hints[0])
+
+
+class SetBaseTests(TestCase):
+    def test_changing_the_main_base_keeps_the_other_bases(self):
+        """set_base replaces the main --base; the extra --base URLs stay accepted."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from brickchain_proxy.proxy.service import ProxyService
+
+        proxy = ProxyService(MemoryReactorClock(), ["tcp:0"], "p.test", "http://a.test",
+                             extra_bases=("http://b.test",))
+        proxy.set_base("http://c.test")
+        verifier = proxy.tunnel_factory.verifier
+        self.assertTrue(verifier.accepts_uri("http://c.test"))
+        self.assertTrue(verifier.accepts_uri("http://b.test"))
+        self.assertFalse(verifier.accepts_uri("http://a.test"))

@@ -171,6 +171,7 @@ class ProxyService(service.MultiService):
         )
         housekeeping.clock = reactor
         housekeeping.setServiceParent(self)
+        self._extra_bases = tuple(extra_bases)
         self.shutdown_grace = shutdown_grace
         self._handle_signals = handle_signals
         self._previous_sighup = None
@@ -284,11 +285,12 @@ class ProxyService(service.MultiService):
 
     def set_base(self, base):
         """
-        Change the base URL mandate tokens must name (e.g. once a test knows
-        the port it listens on).
+        Change the main base URL mandate tokens must name (e.g. once the
+        port it listens on is known); the other bases stay accepted.
         """
         self._base = base
-        self.tunnel_factory.verifier = TokenVerifier(base)
+        self.tunnel_factory.verifier = TokenVerifier(
+            base, extra_bases=self._extra_bases)
 
     def when_listening(self):
         """
