@@ -78,7 +78,7 @@ class Options(usage.Options):
          "tunnel client, which reorders frames that reach it back to back; "
          "each such websocket then carries at most 1/SECONDS frames per "
          "second toward the client. 0 turns pacing off. Our own client is "
-         "never paced. [default: 0.005]", float],
+         "never paced. [default: 0.015]", float],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds in-flight requests get to finish before tunnel "
          "connections are closed (1001) and the proxy exits.", float],
