@@ -28,7 +28,6 @@ import functools
 import gc
 import json
 import os
-import re
 import traceback
 
 import attr
@@ -83,7 +82,10 @@ from tests.support import (
     start_tunnel,
     visitor,
 )
-from tests.test_tunnel_protocol import (
+from tests.support_http import parse_response
+from tests.support_hub import FakeVisitor
+from tests.support_hypothesis import BASE
+from tests.support_tunnel import (
     BASE,
     DOMAIN,
     NOW,
@@ -93,15 +95,14 @@ from tests.test_tunnel_protocol import (
     RawTunnelClient,
     without_global_timers,
 )
-from tests.test_ws_flow import FakeVisitor
 
 # -- settings ------------------------------------------------------------------
 
-#: Unit-level properties: in memory, on a Clock; many examples.
+#: Unit-level properties: in memory, on a Clock; many examples.  (No
+#: example database, no deadline: L{BASE}.)
 UNIT = settings(
+    BASE,
     max_examples=int(os.environ.get("BRICKCHAIN_FUZZ_EXAMPLES", "150")),
-    deadline=None,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],
 )
@@ -652,7 +653,7 @@ class ProxyWorld:
             HEALTHY_KEY.client_id, HEALTHY_REQUEST_ID,
             encode(HttpRequest(id=HEALTHY_REQUEST_ID, url="/", method="GET")))
         self.visitor = FakeVisitor()
-        opened = self.hub.open_stream(
+        opened = self.hub.websockets.open(
             HEALTHY_KEY.client_id, HEALTHY_STREAM_ID,
             encode(WSRequest(id=HEALTHY_STREAM_ID, url="/ws")), self.visitor)
         self.net.flush()
@@ -951,10 +952,6 @@ class ClientTunnelFuzzTests(_FuzzTestCase):
 # -- the proxy's public side: a tunnel's answer to its visitor ----------------------
 
 
-_STATUS_LINE = re.compile(rb"\AHTTP/1\.1 (\d{3}) [^\r\n]*\Z")
-_HEADER_LINE = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\r\n]*\Z")
-
-
 class AnsweringHub:
     """
     Stands in for the L{TunnelHub}: every request is answered at once with
@@ -970,8 +967,10 @@ class AnsweringHub:
 
     encoding_features = features_of
 
-    def stream_count(self, client_id):
-        return 0
+    class websockets:
+        @staticmethod
+        def count(client_id):
+            return 0
 
     def request(self, client_id, message_id, raw):
         return succeed(attr.evolve(self.response, id=message_id))
@@ -979,37 +978,10 @@ class AnsweringHub:
 
 class _NoLimit:
     def check(self, key):
-        return None
+        return succeed(None)
 
-
-def parse_response(data, head_request):
-    """
-    Parse one HTTP/1.1 response strictly: status line, header lines, and a
-    body of exactly Content-Length bytes.
-
-    @return: C{(status, headers, body)}, headers as C{[(name, value)]}.
-    """
-    head, separator, body = data.partition(b"\r\n\r\n")
-    assert separator, data
-    lines = head.split(b"\r\n")
-    match = _STATUS_LINE.match(lines[0])
-    assert match, lines[0]
-    status = int(match.group(1))
-    pairs = []
-    for line in lines[1:]:
-        assert _HEADER_LINE.match(line), line
-        name, _, value = line.partition(b": ")
-        pairs.append((name.lower(), value))
-    lengths = [value for name, value in pairs if name == b"content-length"]
-    assert len(lengths) <= 1, lengths
-    assert all(value.isdigit() for value in lengths), lengths
-    assert b"transfer-encoding" not in [name for name, _ in pairs], pairs
-    if head_request or status in (204, 304):
-        assert body == b"", body
-    else:
-        assert lengths, pairs
-        assert int(lengths[0]) == len(body), (lengths, len(body))
-    return status, pairs, body
+    def prune(self):
+        return 0
 
 
 class PublicResponseFuzzTests(_FuzzTestCase):

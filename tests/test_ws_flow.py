@@ -32,31 +32,7 @@ from brickchain_proxy.messages import (
     encode,
 )
 from brickchain_proxy.proxy.interfaces import IStreamVisitor, ITunnelConnection
-from tests.test_hub import HubTestCase
-
-TIMEOUT = 30.0
-CLIENT = "c" * 52
-
-
-@implementer(IStreamVisitor)
-class FakeVisitor:
-    """
-    Stands in for a L{VisitorProtocol}: records what the hub delivers.
-    """
-
-    def __init__(self):
-        self.delivered = []
-        self.lost = []
-        self.throttled = []
-
-    def deliver(self, message):
-        self.delivered.append(message)
-
-    def tunnel_lost(self, reason):
-        self.lost.append(reason)
-
-    def throttle(self, paused):
-        self.throttled.append(paused)
+from tests.support_hub import CLIENT, TIMEOUT, FakeVisitor, HubTestCase
 
 
 @implementer(ITunnelConnection)
@@ -91,7 +67,7 @@ class FakeConnection:
         decoded = decode(raw)
         if type(decoded) is WSResponse:
             return hub.reply(self, decoded, raw)
-        return hub.stream_from_tunnel(self, decoded, raw)
+        return hub.websockets.from_tunnel(self, decoded, raw)
 
 
 def ws_request(path="/chat"):
@@ -139,7 +115,7 @@ class LocalStreamTests(_HubFlowTestCase):
 
     def open(self):
         stream_id, raw = ws_request()
-        d = self.hub.open_stream(CLIENT, stream_id, raw, self.visitor)
+        d = self.hub.websockets.open(CLIENT, stream_id, raw, self.visitor)
         return stream_id, d
 
     def test_ws_request_goes_to_the_tunnel_and_ok_opens_the_stream(self):
@@ -150,7 +126,7 @@ class LocalStreamTests(_HubFlowTestCase):
         self.connection.answer(self.hub, WSResponse(id=stream_id, ok=True))
         self.assertTrue(self.successResultOf(d).ok)
         self.assertIn(stream_id, self.hub.streams)
-        self.hub.stream_to_tunnel(stream_id, encode(WSTeardown(id=stream_id)), last=True)
+        self.hub.websockets.to_tunnel(stream_id, encode(WSTeardown(id=stream_id)), last=True)
 
     def test_frame_right_after_the_ws_response_reaches_the_visitor(self):
         """A ws-message that follows the ws-response at once is delivered, not lost."""
@@ -158,20 +134,20 @@ class LocalStreamTests(_HubFlowTestCase):
         self.connection.answer(self.hub, WSResponse(id=stream_id, ok=True))
         self.connection.answer(self.hub, text(stream_id, "first"))
         self.assertEqual([m.body for m in self.visitor.delivered], ["first"])
-        self.hub.forget_stream(stream_id)
+        self.hub.websockets.forget(stream_id)
 
     def test_visitor_frames_and_teardown_go_to_the_tunnel(self):
         """Frames from the visitor go on the connection; its teardown ends the stream."""
         stream_id, d = self.open()
         self.connection.answer(self.hub, WSResponse(id=stream_id, ok=True))
-        self.assertTrue(self.hub.stream_to_tunnel(stream_id, encode(text(stream_id, "hi"))))
-        self.assertTrue(self.hub.stream_to_tunnel(
+        self.assertTrue(self.hub.websockets.to_tunnel(stream_id, encode(text(stream_id, "hi"))))
+        self.assertTrue(self.hub.websockets.to_tunnel(
             stream_id, encode(WSTeardown(id=stream_id, code=4001)), last=True))
         self.assertEqual([type(m) for m in self.connection.sent[1:]],
                          [WSMessage, WSTeardown])
         self.assertEqual(self.connection.sent[2].code, 4001)
         self.assertNotIn(stream_id, self.hub.streams)
-        self.assertFalse(self.hub.stream_to_tunnel(stream_id, encode(text(stream_id, "late"))))
+        self.assertFalse(self.hub.websockets.to_tunnel(stream_id, encode(text(stream_id, "late"))))
 
     def test_teardown_from_the_tunnel_removes_the_stream(self):
         """A ws-teardown from the tunnel is delivered to the visitor and forgets the stream."""
@@ -188,7 +164,7 @@ class LocalStreamTests(_HubFlowTestCase):
         self.connection.answer(self.hub, WSResponse(id=stream_id, ok=True))
         FakeConnection().answer(self.hub, text(stream_id, "intruder"))
         self.assertEqual(self.visitor.delivered, [])
-        self.hub.forget_stream(stream_id)
+        self.hub.websockets.forget(stream_id)
 
     def test_frame_for_an_unknown_stream_is_ignored(self):
         """A ws-message for no known stream is dropped quietly."""
@@ -227,7 +203,7 @@ class LocalStreamTests(_HubFlowTestCase):
         open_visitors = [FakeVisitor() for _ in range(3)]
         for visitor in open_visitors:
             stream_id, raw = ws_request()
-            self.hub.open_stream(CLIENT, stream_id, raw, visitor)
+            self.hub.websockets.open(CLIENT, stream_id, raw, visitor)
             self.connection.answer(self.hub, WSResponse(id=stream_id, ok=True))
         stream_id, pending = self.open()
         self.hub.connection_lost(self.connection)
@@ -252,7 +228,7 @@ class RemoteStreamTests(_HubFlowTestCase):
 
     def open(self):
         stream_id, raw = ws_request()
-        d = self.b.open_stream(CLIENT, stream_id, raw, self.visitor)
+        d = self.b.websockets.open(CLIENT, stream_id, raw, self.visitor)
         self.pump()
         return stream_id, d
 
@@ -265,8 +241,8 @@ class RemoteStreamTests(_HubFlowTestCase):
         self.pump()
         self.assertTrue(self.successResultOf(d).ok)
         self.assertEqual([m.body for m in self.visitor.delivered], ["from the tunnel"])
-        self.b.stream_to_tunnel(stream_id, encode(text(stream_id, "from the visitor")))
-        self.b.stream_to_tunnel(stream_id, encode(WSTeardown(id=stream_id)), last=True)
+        self.b.websockets.to_tunnel(stream_id, encode(text(stream_id, "from the visitor")))
+        self.b.websockets.to_tunnel(stream_id, encode(WSTeardown(id=stream_id)), last=True)
         self.pump()
         self.assertEqual([type(m) for m in self.connection.sent],
                          [WSRequest, WSMessage, WSTeardown])
@@ -296,14 +272,14 @@ class RemoteStreamTests(_HubFlowTestCase):
         self.connection.answer(self.a, WSResponse(id=stream_id, ok=True))
         self.pump()
         self.successResultOf(d)
-        self.b.check_remote_streams()
+        self.b.websockets.probe_remote()
         self.pump()
         self.assertEqual(self.visitor.lost, [])  # A still listens
         # A dies without a word: its subscription is simply gone.
         self.hubs.remove(self.a)
         self.a._bus.unsubscribe(self.a._channel, self.a._bus_received)
         self.a.relays.clear()
-        self.b.check_remote_streams()
+        self.b.websockets.probe_remote()
         self.pump()
         self.assertEqual(self.visitor.lost, ["the tunnel's proxy instance is gone"])
         self.assertEqual(self.b.streams, {})

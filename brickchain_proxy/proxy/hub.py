@@ -20,15 +20,13 @@ Instances talk to each other in the envelopes of
 L{brickchain_proxy.bus.envelope}; what an instance relays for the others is
 in L{brickchain_proxy.proxy.relay}.
 
-Websockets ("streams") are opened with a ws-request correlated like any
-request; after that, frames flow without correlation, keyed by the stream id
-(the ws-request's @id) in L{TunnelHub.streams} on the visitor's side and in
-the relay table on the tunnel's side when the two are different instances.
+Visitor websockets ("streams") are L{visitors.VisitorStreams}, the hub's
+C{websockets}.
 """
 
 import uuid
 
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ..bus import envelope
@@ -37,8 +35,9 @@ from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
 from ..errors import RemoteFailure, TunnelOffline
 from ..features import SUPPORTED
-from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
+from ..messages import MessageError, WSMessage, WSTeardown, decode
 from .relay import RelayTable, adapt_to
+from .visitors import VisitorStreams
 
 
 def instance_channel(instance_id):
@@ -48,28 +47,12 @@ def instance_channel(instance_id):
     return "brickproxy:instance:" + instance_id
 
 
-class Stream:
-    """
-    A visitor websocket on this instance.
-
-    @ivar visitor: has C{deliver(message)} and C{tunnel_lost(reason)}.
-    @ivar owner: the tunnel connection it runs over (local), or the id of the
-        instance holding that tunnel (remote); L{None} until known.
-    """
-
-    __slots__ = ("visitor", "client_id", "owner")
-
-    def __init__(self, visitor, client_id):
-        self.visitor = visitor
-        self.client_id = client_id
-        self.owner = None
-
-
 class TunnelHub:
     """
     @ivar local: clientID -> connection, for the tunnels this instance holds.
     @ivar pending: requests waiting for a reply (L{PendingRequests}).
-    @ivar streams: stream id -> L{Stream}, the visitor websockets here.
+    @ivar websockets: the visitor websockets here (L{VisitorStreams}).
+    @ivar streams: stream id -> L{Stream}, their table.
     @ivar relays: the requests and websockets this instance relays for
         other instances (L{RelayTable}).
     """
@@ -85,7 +68,8 @@ class TunnelHub:
         self.instance_id = instance_id or uuid.uuid4().hex
         self.local = {}
         self.pending = PendingRequests(reactor)
-        self.streams = {}
+        self.websockets = VisitorStreams(self)
+        self.streams = self.websockets.streams
         # The asking instance gives up after request_timeout; a little later
         # its relay here is forgotten too.
         self.relays = RelayTable(reactor, request_timeout + 5)
@@ -171,10 +155,7 @@ class TunnelHub:
         failed = self.pending.fail_owner(
             connection, TunnelGone("the tunnel's connection was lost")
         )
-        lost = [sid for sid, st in self.streams.items() if st.owner is connection]
-        for stream_id in lost:
-            self.streams.pop(stream_id).visitor.tunnel_lost(
-                "the tunnel's connection was lost")
+        self.websockets.connection_lost(connection, "the tunnel's connection was lost")
         for message_id in self.relays.over(connection):
             self._fail_remote(message_id, "the tunnel's connection was lost")
         return failed
@@ -312,166 +293,6 @@ class TunnelHub:
             return True
         return False
 
-    # -- websockets --------------------------------------------------------
-
-    def open_stream(self, client_id, stream_id, raw, visitor):
-        """
-        Send the ws-request C{raw} (whose @id is C{stream_id}) for a visitor
-        websocket, and register the visitor so frames that follow the
-        ws-response find it at once.
-
-        @return: a L{Deferred} firing with the L{WSResponse} (failing as
-            L{request} does); on failure or cancel the stream is forgotten.
-        """
-        stream = Stream(visitor, client_id)
-        self.streams[stream_id] = stream
-        connection = self.local.get(client_id)
-        if connection is not None:
-            stream.owner = connection
-            d = self.pending.expect(stream_id, connection, self.request_timeout)
-            connection.send_raw(raw)
-        else:
-            d = self._remote_request(client_id, stream_id, raw, stream)
-
-        def refused(result):
-            if not getattr(result, "ok", True):
-                self.streams.pop(stream_id, None)
-            return result
-
-        def failed(f):
-            self.streams.pop(stream_id, None)
-            if f.check(CancelledError, TimeoutError) and stream.owner is not None:
-                # The ws-request went out but the visitor no longer waits
-                # (it left, or got its 504): tell the client, or it would
-                # keep the local websocket open forever once it opens.
-                teardown = encode(WSTeardown(id=stream_id))
-                if isinstance(stream.owner, str):
-                    self._publish(stream.owner, envelope.Teardown(
-                        client_id, stream_id, teardown))
-                else:
-                    stream.owner.send_frame(stream_id, teardown, True)
-            return f
-
-        d.addCallbacks(refused, failed)
-        return d
-
-    def stream_count(self, client_id):
-        """
-        How many visitor websockets of C{client_id} are open here.
-        """
-        return sum(1 for stream in self.streams.values()
-                   if stream.client_id == client_id)
-
-    def stream_to_tunnel(self, stream_id, raw, last=False):
-        """
-        Send a frame (ws-message) or, with C{last}, the visitor's ws-teardown
-        for stream C{stream_id} to its tunnel.
-
-        @return: L{False} if the stream is unknown (already gone).
-        """
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return False
-        if last:
-            del self.streams[stream_id]
-        owner = stream.owner
-        if owner is None:
-            return False
-        if not isinstance(owner, str):
-            owner.send_frame(stream_id, raw, last)
-        elif last:
-            self._publish(owner, envelope.Teardown(stream.client_id, stream_id, raw))
-        else:
-            d = self._publish(owner, envelope.Frame(stream.client_id, raw))
-            d.addCallback(self._check_stream_receiver, stream_id)
-        return True
-
-    def _check_stream_receiver(self, receivers, stream_id):
-        if receivers == 0:
-            # The instance holding the tunnel is gone.
-            stream = self.streams.pop(stream_id, None)
-            if stream is not None:
-                stream.visitor.tunnel_lost("the tunnel's proxy instance is gone")
-
-    def check_remote_streams(self):
-        """
-        Probe every instance that holds the tunnel of a visitor websocket
-        here; close (1001) the visitors of instances nobody listens for any
-        more (killed), which an idle websocket would otherwise never notice.
-        """
-        owners = {stream.owner for stream in self.streams.values()
-                  if isinstance(stream.owner, str)}
-        for owner in owners:
-            d = self._publish(owner, envelope.Probe())
-            d.addCallback(self._probed, owner)
-
-    def _probed(self, receivers, owner):
-        if receivers != 0:
-            return
-        gone = [sid for sid, stream in self.streams.items() if stream.owner == owner]
-        for stream_id in gone:
-            self.streams.pop(stream_id).visitor.tunnel_lost(
-                "the tunnel's proxy instance is gone")
-
-    def throttle_stream(self, stream_id, paused):
-        """
-        Stop (C{paused}) or resume reading the visitor of stream
-        C{stream_id}, if it is on this instance: its frames wait for their
-        pace to a v1 client (L{FramePacer}).
-        """
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            stream.visitor.throttle(paused)
-
-    def reset_stream(self, stream_id):
-        """
-        Give up stream C{stream_id} on the tunnel side: its frames could not
-        be paced (a visitor on another instance sending too fast for a v1
-        client).  The client is told the visitor closed, the visitor that
-        the tunnel is gone.
-        """
-        teardown = encode(WSTeardown(id=stream_id))
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            if not isinstance(stream.owner, str) and stream.owner is not None:
-                stream.owner.send_raw(teardown)
-            stream.visitor.tunnel_lost("websocket too fast for the tunnel client")
-            return
-        relay = self.relays.find(stream_id)
-        if relay is not None:
-            relay.connection.send_raw(teardown)
-            self._fail_remote(stream_id, "websocket too fast for the tunnel client")
-
-    def forget_stream(self, stream_id):
-        """
-        Drop a stream without telling the tunnel (it is already gone).
-        """
-        self.streams.pop(stream_id, None)
-
-    def stream_from_tunnel(self, connection, message, raw):
-        """
-        A ws-message or ws-teardown from a tunnel connection: deliver it to
-        the visitor here, or relay it to the instance that has the visitor.
-        """
-        stream_id = message.id
-        stream = self.streams.get(stream_id)
-        teardown = type(message) is not WSMessage
-        if stream is not None and stream.owner is connection:
-            if teardown:
-                del self.streams[stream_id]
-            stream.visitor.deliver(message)
-            return
-        relay = self.relays.get(stream_id, connection)
-        if relay is not None:
-            if teardown:
-                self.relays.drop(stream_id)
-            self._publish(relay.origin, envelope.Answer(raw))
-            return
-        self._log.debug(
-            "{type} for unknown websocket {id} ignored",
-            type=type(message).__name__, id=stream_id,
-        )
-
     # -- bus ---------------------------------------------------------------
 
     def _bus_received(self, data):
@@ -500,11 +321,7 @@ class TunnelHub:
         message = decode(answer.raw)
         message_type = type(message)
         if message_type is WSMessage or message_type is WSTeardown:
-            stream = self.streams.get(message.id)
-            if stream is not None:
-                if message_type is WSTeardown:
-                    del self.streams[message.id]
-                stream.visitor.deliver(message)
+            self.websockets.from_remote(message)
             return
         # The owner recorded for a remote request is the instance id; any
         # instance may answer (the tunnel may have moved), so do not check.
@@ -512,11 +329,8 @@ class TunnelHub:
 
     def _remote_failed(self, failed):
         message_id, reason = failed.message_id, failed.reason
-        if self.pending.fail(message_id, RemoteFailure(reason)):
-            return
-        stream = self.streams.pop(message_id, None)
-        if stream is not None:
-            stream.visitor.tunnel_lost(reason)
+        if not self.pending.fail(message_id, RemoteFailure(reason)):
+            self.websockets.remote_failed(message_id, reason)
 
     def _relay(self, request):
         connection = self.local.get(request.client_id)

@@ -103,7 +103,7 @@ class PublicTunnel:
             return server.NOT_DONE_YET
         features = self._hub.encoding_features(client_id)
         if self._visitor_factory is not None and is_websocket_upgrade(request):
-            if self._hub.stream_count(client_id) >= self.max_websockets:
+            if self._hub.websockets.count(client_id) >= self.max_websockets:
                 return _over_limit(request, client_id, self.max_websockets,
                                    "visitor websocket refused, {limit} open",
                                    "too many websockets open on this tunnel")

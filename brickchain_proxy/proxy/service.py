@@ -306,7 +306,7 @@ class ProxyService(service.MultiService):
     def _housekeeping(self):
         self.limiter.prune()
         self.hub.renew_all()
-        self.hub.check_remote_streams()
+        self.hub.websockets.probe_remote()
 
 
 def _ws_url(base):

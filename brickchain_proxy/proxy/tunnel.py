@@ -141,7 +141,7 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
         if not negotiated and factory.v1_ws_pacing and self._pacer is None:
             self._pacer = FramePacer(
                 self._clock, factory.v1_ws_pacing, self.send_raw,
-                self._hub.throttle_stream, self._hub.reset_stream)
+                self._hub.websockets.throttle, self._hub.websockets.reset)
         self.client_ids.add(client_id)
         self.tokens[client_id] = token
         if self._registration_timer is not None:
@@ -188,7 +188,7 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
     def handle_stream(self, message, payload):
         if self._pacer is not None and type(message) is WSTeardown:
             self._pacer.forget(message.id)
-        self._hub.stream_from_tunnel(self, message, payload)
+        self._hub.websockets.from_tunnel(self, message, payload)
 
     def handle_disconnect(self, message, payload):
         self._log.info(

@@ -77,7 +77,7 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     def onConnect(self, request):
         try:
             client_id, stream_id, raw, features = self.route
-            d = self.factory.hub.open_stream(client_id, stream_id, raw, self)
+            d = self.factory.hub.websockets.open(client_id, stream_id, raw, self)
         except Exception:
             self._log.failure("could not open a tunnelled websocket")
             raise ConnectionDeny(500, "internal error in the proxy")
@@ -150,7 +150,7 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
         message = WSMessage.from_payload(
             stream_id, payload, isBinary, BINARY_WS in self.route[3]
         )
-        if not self.factory.hub.stream_to_tunnel(stream_id, encode(message)):
+        if not self.factory.hub.websockets.to_tunnel(stream_id, encode(message)):
             close_websocket(self, CLOSE_GOING_AWAY, "the tunnel is gone")
 
     def onClose(self, wasClean, code, reason):
@@ -188,8 +188,8 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
             teardown = WSTeardown(id=stream_id, code=code, reason=reason or "")
         else:
             teardown = WSTeardown(id=stream_id)
-        if not self.factory.hub.stream_to_tunnel(stream_id, encode(teardown), last=True):
-            self.factory.hub.forget_stream(stream_id)
+        if not self.factory.hub.websockets.to_tunnel(stream_id, encode(teardown), last=True):
+            self.factory.hub.websockets.forget(stream_id)
 
     # -- tunnel -> visitor -------------------------------------------------
 
