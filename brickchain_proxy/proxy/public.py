@@ -212,7 +212,10 @@ class PublicTunnel:
             )
             return
         request.setResponseCode(status)
-        head = request.method == b"HEAD"
+        # HEAD and 304 keep the tunnel's Content-Length (what a GET would
+        # get); a 204 has none (RFC 9110 8.6); every other answer gets the
+        # length of the body it carries.
+        head = request.method == b"HEAD" or status == 304
         responseHeaders = request.responseHeaders
         for name, values in wire_to_pairs(
             response.headers,
@@ -224,16 +227,14 @@ class PublicTunnel:
                 b"Content-Type", [response.content_type.encode("utf-8")]
             )
         request.defaultContentType = None
-        if not head:
-            responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-            request.write(body)
-        else:
-            # HEAD keeps the tunnel's Content-Length (what a GET would get),
-            # but only one that is valid.
+        if head:
             lengths = responseHeaders.getRawHeaders(b"content-length")
             if lengths and (len(lengths) > 1 or not lengths[0].isdigit()):
                 responseHeaders.removeHeader(b"content-length")
             request.write(b"")
+        elif status != 204:
+            responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+            request.write(body)
         request.finish()
 
     def _failed(self, failure, request, client_id):
