@@ -1,5 +1,5 @@
 """
-Client identity: EC P-256 keys, client ids and mandate tokens.
+Client identity: EC P-256 keys and client ids.
 
 A tunnel client owns an EC P-256 key. Its *client id* is the lowercase,
 unpadded base32 of the SHA-256 of the key's RFC 7638 thumbprint input (52
@@ -8,80 +8,34 @@ that it owns the key by sending a *mandate token* in its registration: a
 compact JWS (ES256) whose protected header embeds the public key and whose
 payload names the proxy endpoint, a timestamp and a time-to-live.
 
-This module knows nothing about websockets: L{ClientKey} is the client's side,
-L{TokenVerifier} the proxy's side, and L{RegistrationRefused} carries the
-plain-text reason the proxy sends back (in v1's wording where v1 has one).
+L{ClientKey} is the client's side: it loads or creates the key file and
+signs mandate tokens. The proxy's side, checking them, is
+L{brickchain_proxy.mandate_tokens}.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import json
 import os
-import re
 import time
 import uuid
 from typing import Optional
-from urllib.parse import unquote, urlsplit
 
-import attr
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk as _jwk
 from jwcrypto import jws as _jws
-from jwcrypto.common import JWException
 
+from .timestamps import format_timestamp
+
+#: The C{@type} of a mandate token's payload.
 MANDATE_TOKEN_TYPE = "https://schema.brickchain.com/v2/mandate-token.json"
-
-#: Refusal reasons. The first four are v1's exact wording (Go clients log them).
-EXPIRED = "Token has expired"
-WRONG_ENDPOINT = "Token not for this endpoint"
-NO_JWK = "no jwk in token"
-VERIFY_FAILED = "failed to verify token"
-MALFORMED = "malformed token"
-UNSUPPORTED_ALG = "unsupported algorithm"
-FUTURE = "token timestamp is in the future"
-
-#: Longest mandate token we look at; a real one is about 450 characters.
-MAX_TOKEN_LENGTH = 8192
-
-_B64URL = re.compile(r"\A[A-Za-z0-9_-]*\Z")
-_RFC3339 = re.compile(
-    r"\A(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})"
-    r"(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})\Z"
-)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-# ws and wss name the same endpoints as http and https.
-_SCHEME_FAMILY = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
-
-
-class RegistrationRefused(Exception):
-    """
-    A mandate token was refused.
-
-    C{str(exc)} and C{exc.reason} are the short plain-text reason sent to the
-    client.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url strictly; raise ValueError otherwise."""
-    if not _B64URL.match(text) or len(text) % 4 == 1:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _b32id(digest: bytes) -> str:
@@ -129,56 +83,6 @@ def derive_client_id(jwk: dict, session: Optional[str]) -> str:
     if session:
         return session_client_id(client_id, session)
     return client_id
-
-
-def format_timestamp(now: float) -> str:
-    """Format an epoch time as RFC 3339 UTC, trailing zeros trimmed (as Go)."""
-    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += (".%06d" % moment.microsecond).rstrip("0")
-    return text + "Z"
-
-
-def parse_timestamp(text: str) -> float:
-    """
-    Parse an RFC 3339 timestamp to epoch seconds. Fractions finer than a
-    microsecond (Go writes nanoseconds) are truncated. Raise ValueError.
-    """
-    match = _RFC3339.match(text)
-    if match is None:
-        raise ValueError("not an RFC 3339 timestamp: %r" % (text,))
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    fraction, zone = match.group(7), match.group(8)
-    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
-    if zone in ("Z", "z"):
-        offset = datetime.timedelta(0)
-    else:
-        sign = -1 if zone[0] == "-" else 1
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if hours > 23 or minutes > 59:
-            raise ValueError("bad UTC offset: %r" % (zone,))
-        offset = sign * datetime.timedelta(hours=hours, minutes=minutes)
-    moment = datetime.datetime(
-        year, month, day, hour, minute, second, microsecond,
-        tzinfo=datetime.timezone(offset),
-    )
-    return moment.timestamp()
-
-
-def _public_ec_jwk(candidate: object) -> Optional[dict]:
-    """
-    Return the public members of C{candidate} if it is an EC P-256 JWK
-    (key order kty, crv, x, y), else None. Private members are dropped.
-    """
-    if not isinstance(candidate, dict):
-        return None
-    if candidate.get("kty") != "EC" or candidate.get("crv") != "P-256":
-        return None
-    x, y = candidate.get("x"), candidate.get("y")
-    if not (isinstance(x, str) and isinstance(y, str)):
-        return None
-    return {"kty": "EC", "crv": "P-256", "x": x, "y": y}
 
 
 class ClientKey:
@@ -315,187 +219,3 @@ class ClientKey:
         token = _jws.JWS(payload.encode("utf-8"))
         token.add_signature(self._jwk, alg="ES256", protected=header)
         return token.serialize(compact=True)
-
-
-@attr.s(frozen=True)
-class MandateToken:
-    """
-    A verified mandate token.
-
-    @ivar jwk: the signer's public JWK (kty, crv, x, y).
-    @ivar client_id: the thumbprint client id (no session applied).
-    @ivar uri: the endpoint the token was made for.
-    @ivar timestamp: when it was made, epoch seconds.
-    @ivar ttl: its lifetime in seconds, after capping to the verifier's limit.
-    """
-
-    jwk = attr.ib(type=dict)
-    client_id = attr.ib(type=str)
-    uri = attr.ib(type=str)
-    timestamp = attr.ib(type=float)
-    ttl = attr.ib(type=int)
-
-
-def _endpoint(url: str) -> tuple:
-    """
-    Split an http(s)/ws(s) URL into (scheme family, host, port, path
-    segments). Raise ValueError if it is not one.
-    """
-    parts = urlsplit(url)
-    family = _SCHEME_FAMILY.get(parts.scheme.lower())
-    if family is None:
-        raise ValueError("unsupported scheme in %r" % (url,))
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise ValueError("no host in %r" % (url,))
-    port = parts.port  # ValueError when out of range or not a number
-    if port is None:
-        port = _DEFAULT_PORTS[family]
-    # Empty segments are dropped: "", "/" and "/tun/" name "/" and "/tun".
-    segments = [s for s in parts.path.split("/") if s]
-    if any(unquote(s) in (".", "..") for s in segments):
-        raise ValueError("dot segment in %r" % (url,))
-    return family, host, port, segments
-
-
-class TokenVerifier:
-    """
-    Check mandate tokens for the proxy whose public endpoint is C{base_url}
-    (or one of C{extra_bases}).
-
-    @ivar clock_skew: seconds of disagreement between clocks we tolerate,
-        both for expiry and for timestamps in the future.
-    @ivar max_ttl: longer lifetimes are cut to this, bounding replay.
-    """
-
-    def __init__(
-        self, base_url: str, clock_skew: float = 5.0, max_ttl: int = 3600,
-        extra_bases: tuple = (),
-    ) -> None:
-        self.base_url = base_url
-        self.clock_skew = clock_skew
-        self.max_ttl = max_ttl
-        # Other URLs clients may know this proxy by (an address, an
-        # internal name); a token naming any of them is for this proxy.
-        self._base_urls = (base_url, *extra_bases)
-        self._bases = [_endpoint(url) for url in self._base_urls]
-
-    def verify(self, token: str, now: float) -> MandateToken:
-        """
-        Verify C{token} at time C{now} (epoch seconds) and return what it
-        says, or raise L{RegistrationRefused} with the reason.
-        """
-        jwk = self._check_header(token)
-        payload = self._check_signature(token, jwk)
-        uri, timestamp, ttl = self._check_payload(payload)
-        if timestamp + ttl + self.clock_skew < now:
-            raise RegistrationRefused(EXPIRED)
-        if timestamp > now + self.clock_skew:
-            raise RegistrationRefused(FUTURE)
-        if not self.accepts_uri(uri):
-            raise RegistrationRefused("%s: the token names %s; this proxy is %s" % (
-                WRONG_ENDPOINT, uri[:200], " or ".join(self._base_urls)))
-        return MandateToken(
-            jwk=jwk,
-            client_id=client_id_from_jwk(jwk),
-            uri=uri,
-            timestamp=timestamp,
-            ttl=ttl,
-        )
-
-    def accepts_uri(self, uri: str) -> bool:
-        """
-        Whether C{uri} names this proxy: same scheme (ws~http, wss~https),
-        host and effective port, and the base path is a segment-wise prefix
-        of its path.
-        """
-        try:
-            family, host, port, segments = _endpoint(uri)
-        except ValueError:
-            return False
-        return any(
-            family == base_family
-            and host == base_host
-            and port == base_port
-            and segments[: len(base_segments)] == base_segments
-            for base_family, base_host, base_port, base_segments in self._bases
-        )
-
-    def _check_header(self, token: object) -> dict:
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            raise RegistrationRefused(MALFORMED)
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise RegistrationRefused(MALFORMED)
-        try:
-            for part in parts[1:]:
-                _b64url_decode(part)
-            header = json.loads(_b64url_decode(parts[0]))
-        # ValueError includes JSON and Unicode decoding errors; a header
-        # nested deeper than the recursion limit raises RecursionError.
-        except (ValueError, RecursionError):
-            raise RegistrationRefused(MALFORMED) from None
-        if not isinstance(header, dict):
-            raise RegistrationRefused(MALFORMED)
-        if header.get("alg") != "ES256":
-            raise RegistrationRefused(
-                "%s: %s" % (UNSUPPORTED_ALG, str(header.get("alg"))[:20])
-            )
-        jwk = _public_ec_jwk(header.get("jwk"))
-        if jwk is None:
-            raise RegistrationRefused(NO_JWK)
-        return jwk
-
-    def _check_signature(self, token: str, jwk: dict) -> bytes:
-        try:
-            key = _jwk.JWK(**jwk)
-        except (JWException, ValueError) as exc:
-            raise RegistrationRefused(
-                "%s: invalid jwk: %s" % (VERIFY_FAILED, _short(exc))
-            ) from None
-        signed = _jws.JWS()
-        signed.allowed_algs = ["ES256"]
-        try:
-            signed.deserialize(token)
-            signed.verify(key, alg="ES256")
-        except (JWException, ValueError) as exc:
-            raise RegistrationRefused(
-                "%s: %s" % (VERIFY_FAILED, _short(exc))
-            ) from None
-        return signed.payload
-
-    def _check_payload(self, payload: bytes) -> tuple:
-        try:
-            claims = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise RegistrationRefused(MALFORMED + ": payload is not JSON") from None
-        if not isinstance(claims, dict):
-            raise RegistrationRefused(MALFORMED + ": payload is not an object")
-        kind = claims.get("@type", MANDATE_TOKEN_TYPE)
-        if kind != MANDATE_TOKEN_TYPE:
-            raise RegistrationRefused(MALFORMED + ": not a mandate token")
-        uri = claims.get("uri")
-        if not isinstance(uri, str):
-            raise RegistrationRefused(MALFORMED + ": no uri")
-        ttl = claims.get("ttl")
-        if isinstance(ttl, float) and ttl.is_integer():
-            ttl = int(ttl)
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-            raise RegistrationRefused(MALFORMED + ": bad ttl")
-        stamp = claims.get("@timestamp")
-        if not isinstance(stamp, str):
-            raise RegistrationRefused(MALFORMED + ": no @timestamp")
-        try:
-            timestamp = parse_timestamp(stamp)
-        except (ValueError, OverflowError):
-            raise RegistrationRefused(MALFORMED + ": bad @timestamp") from None
-        return uri, timestamp, min(ttl, self.max_ttl)
-
-
-def _short(exc: Exception) -> str:
-    """
-    jwcrypto's message without its appended verification log, e.g.
-    "Verification failed for all signatures".
-    """
-    message = str(exc).split("[", 1)[0].strip()
-    return message[:120] or type(exc).__name__

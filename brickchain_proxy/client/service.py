@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..endpoints import client_endpoint
-from ..identity import WRONG_ENDPOINT, ClientKey
+from ..identity import ClientKey
+from ..mandate_tokens import WRONG_ENDPOINT
 from .forward import LocalForwarder
 from .tunnel import TunnelClientFactory
 

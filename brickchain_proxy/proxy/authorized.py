@@ -13,7 +13,8 @@ import hashlib
 
 from twisted.logger import Logger
 
-from ..identity import RegistrationRefused, rfc7638_input
+from ..identity import rfc7638_input
+from ..mandate_tokens import RegistrationRefused
 
 NOT_AUTHORIZED = "client not authorized on this proxy"
 

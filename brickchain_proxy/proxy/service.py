@@ -13,7 +13,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from ..bus import open_backend
-from ..identity import TokenVerifier
+from ..mandate_tokens import TokenVerifier
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys

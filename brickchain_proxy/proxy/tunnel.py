@@ -18,7 +18,8 @@ from zope.interface import implementer
 from .. import features as _features
 from ..compat import cancel_close_handshake_timer
 from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
-from ..identity import RegistrationRefused, derive_client_id
+from ..identity import derive_client_id
+from ..mandate_tokens import RegistrationRefused
 from ..wsutil import (
     CleanClose,
     TunnelBackpressure,
