@@ -1,7 +1,8 @@
 """
 Fixtures for end-to-end tests: a recording local service, a running proxy
-with a registered tunnel client in front of it, a visitor HTTP client, and
-helpers that wait for conditions without sleeping.
+with a registered tunnel client in front of it, a visitor HTTP client,
+helpers that wait for conditions without sleeping, and one that picks log
+events.
 
 Everything listens on real loopback sockets (127.0.0.1, port 0) and uses the
 global reactor.  Every fixture registers its own cleanups, and those cleanups
@@ -59,6 +60,18 @@ def sha256(data):
     The hex SHA-256 of C{data}.
     """
     return hashlib.sha256(data).hexdigest()
+
+
+# -- logs --------------------------------------------------------------------
+
+
+def events_like(log, text, level=None):
+    """
+    The events in C{log} whose format string contains C{text}.
+    """
+    return [e for e in log
+            if text in (e.get("log_format") or "")
+            and (level is None or e.get("log_level") == level)]
 
 
 # -- connection tracking -----------------------------------------------------
@@ -539,7 +552,7 @@ def raw_headers(response, name):
 
 
 __all__ = [
-    "wait_until", "pseudo_random_bytes", "sha256", "track_connections",
+    "wait_until", "pseudo_random_bytes", "sha256", "events_like", "track_connections",
     "open_transports", "close_connections", "RecordedRequest",
     "RecordingResource", "start_local_service", "unused_local_url", "Tunnel",
     "start_proxy", "stop_proxy", "start_client", "stop_client",

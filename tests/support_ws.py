@@ -1,7 +1,8 @@
 """
 Fixtures for end-to-end websocket tests: a real local websocket service with
-a few routes, a real visitor websocket client, and a raw upgrade client that
-reads the HTTP answer to a refused handshake (status, headers and body).
+a few routes, a real visitor websocket client, a raw upgrade client that
+reads the HTTP answer to a refused handshake (status, headers and body), and
+a raw tunnel client on C{/proxy/subscribe} that sends whatever a test says.
 
 Everything listens and connects on 127.0.0.1 with the global reactor; every
 fixture registers cleanups that wait until its sockets are closed (see
@@ -24,6 +25,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
+from brickchain_proxy.messages import RegistrationRequest, decode, encode
 from tests.support import close_connections, track_connections, wait_until
 
 
@@ -446,8 +448,100 @@ def raw_upgrade(port, path, host="127.0.0.1", headers=()):
     return finished
 
 
+# -- a raw tunnel client ------------------------------------------------------
+
+
+class RawTunnelClient(WebSocketClientProtocol):
+    """
+    A bare websocket client on C{/proxy/subscribe}: sends what the test says
+    and records what the proxy sends.
+
+    @ivar messages: every message payload received, in order.
+    @ivar close_code: the close code the proxy sent, or L{None}.
+    @ivar opened: whether the handshake completed and it is still open.
+    @ivar gone: whether the connection is closed.
+    """
+
+    opened = False
+    gone = False
+    close_code = None
+    close_reason = None
+
+    def __init__(self):
+        WebSocketClientProtocol.__init__(self)
+        self.messages = []
+
+    def onOpen(self):
+        self.opened = True
+
+    def onMessage(self, payload, isBinary):
+        self.messages.append(payload)
+
+    def onClose(self, wasClean, code, reason):
+        self.opened = False
+        self.gone = True
+        self.close_code = self.remoteCloseCode
+        self.close_reason = self.remoteCloseReason
+        # Autobahn may leave this timer behind when the proxy drops TCP
+        # first; nothing is waiting for it any more.
+        call = getattr(self, "closeHandshakeTimeoutCall", None)
+        if call is not None and call.active():
+            call.cancel()
+        self.closeHandshakeTimeoutCall = None
+
+    def register(self, key, proxy_url, session=None, features=None):
+        """
+        Send a registration-request signed by C{key} for C{proxy_url}.
+
+        @return: the mandate token sent.
+        """
+        token = key.sign_mandate_token(proxy_url)
+        self.send(RegistrationRequest(mandate_token=token, session=session,
+                                      features=features))
+        return token
+
+    def send(self, message):
+        """
+        Send a message (encoded unless it is bytes already).
+        """
+        if not isinstance(message, bytes):
+            message = encode(message)
+        self.sendMessage(message, isBinary=False)
+
+    def decoded(self):
+        """
+        The messages received, decoded.
+        """
+        return [decode(m) for m in self.messages]
+
+
+async def connect_raw_tunnel(testcase, port):
+    """
+    Open a L{RawTunnelClient} to C{ws://127.0.0.1:<port>/proxy/subscribe}
+    and wait for its handshake; close it at the end of the test.
+    """
+    factory = WebSocketClientFactory(
+        "ws://127.0.0.1:{}/proxy/subscribe".format(port), reactor=reactor)
+    factory.protocol = RawTunnelClient
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=5)
+    transports = track_connections(factory)
+    protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    testcase.addCleanup(_close_raw, protocol, transports)
+    await wait_until(lambda: protocol.opened or protocol.gone,
+                     what="raw tunnel handshake")
+    testcase.assertTrue(protocol.opened, "raw tunnel handshake failed")
+    return protocol
+
+
+@defer.inlineCallbacks
+def _close_raw(protocol, transports):
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendClose(1000)
+    yield close_connections(transports, strict=False)
+
+
 __all__ = [
     "LocalConnection", "LocalWebSocketService", "FLOOD_CHUNK", "HandshakeFailed",
     "VisitorClient", "open_visitor", "connect_visitor", "RawResponse",
-    "raw_upgrade", "wait_until",
+    "raw_upgrade", "RawTunnelClient", "connect_raw_tunnel", "wait_until",
 ]

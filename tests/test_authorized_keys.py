@@ -9,21 +9,15 @@ client that shows exactly what the proxy sends.
 
 import os
 
-from autobahn.twisted.websocket import (
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
-)
 from jwcrypto.jwk import JWK
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from brickchain_proxy.client.service import TunnelClientService
 from brickchain_proxy.identity import ClientKey, session_client_id
-from brickchain_proxy.messages import RegistrationRequest, decode, encode
 from brickchain_proxy.proxy.authorized import (
     NOT_AUTHORIZED,
     AuthorizedKeys,
@@ -33,117 +27,16 @@ from brickchain_proxy.proxy.authorized import (
 from brickchain_proxy.proxy.service import ProxyService
 from tests.support import (
     RecordingResource,
-    close_connections,
+    events_like,
     start_local_service,
     start_proxy,
     stop_client,
-    track_connections,
     visitor,
     wait_until,
 )
-
-# -- a raw tunnel client ------------------------------------------------------
-
-
-class RawTunnelClient(WebSocketClientProtocol):
-    """
-    A bare websocket client on C{/proxy/subscribe}: sends what the test says
-    and records what the proxy sends.
-
-    @ivar messages: every message payload received, in order.
-    @ivar close_code: the close code the proxy sent, or L{None}.
-    @ivar opened: whether the handshake completed and it is still open.
-    @ivar gone: whether the connection is closed.
-    """
-
-    opened = False
-    gone = False
-    close_code = None
-    close_reason = None
-
-    def __init__(self):
-        WebSocketClientProtocol.__init__(self)
-        self.messages = []
-
-    def onOpen(self):
-        self.opened = True
-
-    def onMessage(self, payload, isBinary):
-        self.messages.append(payload)
-
-    def onClose(self, wasClean, code, reason):
-        self.opened = False
-        self.gone = True
-        self.close_code = self.remoteCloseCode
-        self.close_reason = self.remoteCloseReason
-        # Autobahn may leave this timer behind when the proxy drops TCP
-        # first; nothing is waiting for it any more.
-        call = getattr(self, "closeHandshakeTimeoutCall", None)
-        if call is not None and call.active():
-            call.cancel()
-        self.closeHandshakeTimeoutCall = None
-
-    def register(self, key, proxy_url, session=None, features=None):
-        """
-        Send a registration-request signed by C{key} for C{proxy_url}.
-
-        @return: the mandate token sent.
-        """
-        token = key.sign_mandate_token(proxy_url)
-        self.send(RegistrationRequest(mandate_token=token, session=session,
-                                      features=features))
-        return token
-
-    def send(self, message):
-        """
-        Send a message (encoded unless it is bytes already).
-        """
-        if not isinstance(message, bytes):
-            message = encode(message)
-        self.sendMessage(message, isBinary=False)
-
-    def decoded(self):
-        """
-        The messages received, decoded.
-        """
-        return [decode(m) for m in self.messages]
-
-
-async def connect_raw_tunnel(testcase, port):
-    """
-    Open a L{RawTunnelClient} to C{ws://127.0.0.1:<port>/proxy/subscribe}
-    and wait for its handshake; close it at the end of the test.
-    """
-    factory = WebSocketClientFactory(
-        "ws://127.0.0.1:{}/proxy/subscribe".format(port), reactor=reactor)
-    factory.protocol = RawTunnelClient
-    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=5)
-    transports = track_connections(factory)
-    protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-    testcase.addCleanup(_close_raw, protocol, transports)
-    await wait_until(lambda: protocol.opened or protocol.gone,
-                     what="raw tunnel handshake")
-    testcase.assertTrue(protocol.opened, "raw tunnel handshake failed")
-    return protocol
-
-
-@defer.inlineCallbacks
-def _close_raw(protocol, transports):
-    if protocol.state == protocol.STATE_OPEN:
-        protocol.sendClose(1000)
-    yield close_connections(transports, strict=False)
-
+from tests.support_ws import connect_raw_tunnel
 
 # -- helpers ------------------------------------------------------------------
-
-
-def events_like(log, text, level=None):
-    """
-    The events in C{log} whose format string contains C{text}.
-    """
-    return [e for e in log
-            if text in (e.get("log_format") or "")
-            and (level is None or e.get("log_level") == level)]
 
 
 def write_file(path, text):

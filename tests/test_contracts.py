@@ -12,7 +12,7 @@ from zope.interface.verify import verifyClass, verifyObject
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory, open_backend
 from brickchain_proxy.bus.interface import IBackend
-from brickchain_proxy.identity import TokenVerifier
+from brickchain_proxy.mandate_tokens import TokenVerifier
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.interfaces import IStreamVisitor, ITunnelConnection
 from brickchain_proxy.proxy.tunnel import TunnelServerFactory, TunnelServerProtocol

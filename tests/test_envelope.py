@@ -20,8 +20,9 @@ from brickchain_proxy.bus.envelope import (
     TakenOver,
     Teardown,
 )
+from tests.support_hypothesis import BASE_SETTINGS
 
-FUZZ = settings(max_examples=300, deadline=None, database=None,
+FUZZ = settings(BASE_SETTINGS, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow])
 
 CLIENT = "c" * 52

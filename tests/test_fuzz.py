@@ -55,7 +55,8 @@ from brickchain_proxy import features as _features
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.client.forward import LocalForwarder
 from brickchain_proxy.client.tunnel import TunnelClientFactory
-from brickchain_proxy.identity import ClientKey, RegistrationRefused, TokenVerifier
+from brickchain_proxy.identity import ClientKey
+from brickchain_proxy.mandate_tokens import RegistrationRefused, TokenVerifier
 from brickchain_proxy.messages import (
     Disconnect,
     HttpRequest,
@@ -84,7 +85,7 @@ from tests.support import (
 )
 from tests.support_http import parse_response
 from tests.support_hub import FakeVisitor
-from tests.support_hypothesis import BASE
+from tests.support_hypothesis import BASE_SETTINGS
 from tests.support_tunnel import (
     BASE,
     DOMAIN,
@@ -99,9 +100,9 @@ from tests.support_tunnel import (
 # -- settings ------------------------------------------------------------------
 
 #: Unit-level properties: in memory, on a Clock; many examples.  (No
-#: example database, no deadline: L{BASE}.)
+#: example database, no deadline: L{BASE_SETTINGS}.)
 UNIT = settings(
-    BASE,
+    BASE_SETTINGS,
     max_examples=int(os.environ.get("BRICKCHAIN_FUZZ_EXAMPLES", "150")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],

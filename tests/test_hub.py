@@ -9,100 +9,22 @@ is left behind).
 """
 
 from twisted.internet.defer import CancelledError, TimeoutError
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.correlation import TunnelGone
 from brickchain_proxy.features import SUPPORTED
-from brickchain_proxy.messages import HttpRequest, HttpResponse, decode, encode
+from brickchain_proxy.messages import HttpResponse
 from brickchain_proxy.proxy.interfaces import ITunnelConnection
-from brickchain_proxy.proxy.hub import (
-    RemoteFailure,
-    TunnelHub,
-    TunnelOffline,
+from brickchain_proxy.proxy.hub import RemoteFailure, TunnelOffline
+from tests.support_hub import (
+    CLIENT,
+    OTHER_CLIENT,
+    TIMEOUT,
+    FakeConnection,
+    HubTestCase,
+    http_request,
 )
-
-TIMEOUT = 30.0
-CLIENT = "c" * 52
-OTHER_CLIENT = "d" * 52
-
-
-@implementer(ITunnelConnection)
-class FakeConnection:
-    """
-    Stands in for a L{TunnelServerProtocol} (verified against its
-    interface in L{FakeConnectionContractTests}): records what the hub sends it
-    and whether it was told to go.
-    """
-
-    def __init__(self, features=frozenset()):
-        self.features = features
-        self.sent = []
-        self.taken_over = []
-
-    def send_raw(self, data):
-        self.sent.append(data)
-
-    def send_frame(self, stream_id, data, last=False):
-        self.send_raw(data)
-
-    backpressure = None
-
-    def tunnel_taken_over(self, client_id):
-        self.taken_over.append(client_id)
-
-    def answer(self, hub, request_raw, status=200, body=b"ok"):
-        """
-        Reply to the request C{request_raw} as a tunnel client would: hand
-        the hub the encoded http-response.
-        """
-        request = decode(request_raw)
-        raw = encode(HttpResponse(id=request.id, status=status, body=body))
-        return hub.reply(self, decode(raw), raw)
-
-
-def http_request(path="/"):
-    """
-    @return: C{(message_id, raw)} of a new http-request.
-    """
-    message = HttpRequest(url=path, method="GET")
-    return message.id, encode(message)
-
-
-class HubTestCase(SynchronousTestCase):
-    """
-    Hubs on one L{Clock} that share a bus and a directory.
-    """
-
-    def setUp(self):
-        self.clock = Clock()
-        self.bus = MemoryBus(self.clock)
-        self.directory = MemoryDirectory()
-        self.hubs = []
-        self.addCleanup(self.assertNothingLeft)
-
-    def make_hub(self, instance_id):
-        hub = TunnelHub(self.clock, self.bus, self.directory,
-                        request_timeout=TIMEOUT, instance_id=instance_id)
-        self.successResultOf(hub.start())
-        self.hubs.append(hub)
-        return hub
-
-    def deliver(self):
-        """
-        Let the bus deliver what has been published (one reactor turn per
-        hop; a request and its reply take two).
-        """
-        for _ in range(3):
-            self.clock.advance(0)
-
-    def assertNothingLeft(self):
-        for hub in self.hubs:
-            self.assertEqual(len(hub.pending), 0, hub.instance_id)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class LocalTunnelTests(HubTestCase):

@@ -17,16 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from brickchain_proxy.identity import (
     ClientKey,
-    MandateToken,
-    RegistrationRefused,
-    TokenVerifier,
     client_id_from_jwk,
     derive_client_id,
-    format_timestamp,
-    parse_timestamp,
     rfc7638_input,
     session_client_id,
 )
+from brickchain_proxy.mandate_tokens import (
+    MandateToken,
+    RegistrationRefused,
+    TokenVerifier,
+)
+from brickchain_proxy.timestamps import format_timestamp, parse_timestamp
 from tests import protocol_vectors
 
 BASE = "http://127.0.0.1:6519"

@@ -6,8 +6,6 @@ backend has to get right -- TTLs, Redis restarts, failing fast while Redis
 is down, and a rate limit shared by several instances.
 """
 
-import time
-
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
@@ -15,19 +13,17 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from brickchain_proxy.bus import BusUnavailable, open_backend
-from brickchain_proxy.bus.redis import RedisBackend, RedisRateLimiter
+from brickchain_proxy.bus.redis import RedisBackend
+from brickchain_proxy.bus.redis_state import RedisRateLimiter
 from brickchain_proxy.ratelimit import TokenBucketLimiter
 from tests.redis_server import RedisServer, bus_ready, wait_for_bus
 from tests.support import wait_until
-from tests.test_bus import (
+from tests.support_bus import (
     BusContractMixin,
     Collector,
     DirectoryContractMixin,
     unique,
 )
-
-#: "At once": how long a command may take to fail while Redis is down.
-FAIL_FAST = 1.0
 
 
 class _RedisFixture:
@@ -220,11 +216,9 @@ class RedisDirectoryContractTests(_RedisFixture, DirectoryContractMixin,
         client = unique("client")
         await backend.directory.claim(client, "dead")
         self.assertEqual(await backend.directory.lookup(client), "dead")
+        self.assertEqual(await self.ttl_of(backend, client), 1)
 
-        started = time.monotonic()
         while (await backend.directory.lookup(client)) is not None:
-            self.assertLess(time.monotonic() - started, 3.0,
-                            "entry outlived its 1 s TTL")
             await deferLater(reactor, 0.05, lambda: None)
 
 
@@ -291,7 +285,8 @@ class RestartTests(_RedisFixture, TestCase):
     async def test_commands_fail_at_once_while_redis_is_down(self):
         """
         With Redis stopped, every bus and directory operation fails with
-        L{BusUnavailable} within a second -- nothing hangs.
+        L{BusUnavailable} at once -- the Deferred it returns has already
+        failed: nothing waits for Redis.
         """
         server = await self.redis()
         backend = await self.backend()
@@ -307,11 +302,7 @@ class RestartTests(_RedisFixture, TestCase):
             lambda: backend.directory.lookup(unique("client")),
         ]
         for operation in operations:
-            started = time.monotonic()
-            d = operation()
-            d.addTimeout(FAIL_FAST, reactor)
-            await self.assertFailure(d, BusUnavailable)
-            self.assertLess(time.monotonic() - started, FAIL_FAST)
+            self.failureResultOf(operation(), BusUnavailable)
 
     async def test_command_in_flight_when_redis_dies_fails(self):
         """
@@ -330,7 +321,8 @@ class RestartTests(_RedisFixture, TestCase):
         """
         A Redis that keeps the connection open but stops answering (here:
         SIGSTOP) does not hang callers either: the command fails with
-        L{BusUnavailable} after the reply timeout.
+        L{BusUnavailable} saying the reply timeout passed (not with the
+        cancellation of this test's own guard).
         """
         server = await self.redis()
         backend = RedisBackend(server.url, reactor, reply_timeout=0.5)
@@ -340,12 +332,11 @@ class RestartTests(_RedisFixture, TestCase):
 
         server.pause()
         self.addCleanup(server.resume)
-        started = time.monotonic()
         d = backend.directory.lookup(unique("client"))
         d.addTimeout(5, reactor)
 
-        await self.assertFailure(d, BusUnavailable)
-        self.assertLess(time.monotonic() - started, 0.5 + FAIL_FAST)
+        error = await self.assertFailure(d, BusUnavailable)
+        self.assertEqual(str(error), "Not received Redis response in 0.5 seconds")
 
     async def test_stop_closes_both_connections(self):
         """

@@ -5,7 +5,8 @@ pings, disconnect) and the client's L{TunnelClientProtocol} (refusal
 handling, the watchdog).
 
 Each test wires a real Autobahn server protocol to a real Autobahn client
-protocol through L{twisted.test.iosim} in memory: real websocket frames, no
+protocol through L{twisted.test.iosim} in memory
+(L{tests.support_tunnel.MemoryConnections}): real websocket frames, no
 sockets, and every timer of ours on one L{Clock}.  Autobahn's own handshake
 timers run on the global reactor (through txaio), not on the factory's
 clock, so they are switched off here; trial's check of the global reactor
@@ -15,17 +16,10 @@ then proves nothing was left behind there either.
 import base64
 import json
 
-from autobahn.twisted.websocket import (
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
-    WebSocketServerFactory,
-    WebSocketServerProtocol,
-)
-from twisted.internet.address import IPv4Address
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
@@ -34,11 +28,8 @@ from brickchain_proxy.client.tunnel import (
     TunnelClientFactory,
 )
 from brickchain_proxy.correlation import TunnelGone
-from brickchain_proxy.identity import (
-    ClientKey,
-    TokenVerifier,
-    session_client_id,
-)
+from brickchain_proxy.identity import ClientKey, session_client_id
+from brickchain_proxy.mandate_tokens import TokenVerifier
 from brickchain_proxy.messages import (
     Disconnect,
     HttpRequest,
@@ -52,148 +43,31 @@ from brickchain_proxy.messages import (
 )
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.tunnel import PING, TunnelServerFactory
+from tests.support_tunnel import (
+    BASE,
+    CLOSE_NORMAL,
+    DOMAIN,
+    NOW,
+    WS_URL,
+    FakeProxy,
+    MemoryConnections,
+    RawTunnelClient,
+    without_global_timers,
+)
 
-NOW = 1795000000.0
-BASE = "http://proxy.test"
-WS_URL = "ws://proxy.test/proxy/subscribe"
-DOMAIN = "proxy.test"
 PING_INTERVAL = 10.0
 REGISTRATION_TIMEOUT = 10.0
 PING_TIMEOUT = 20.0
 
-CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_ABNORMAL = 1006
-
-_SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 6519)
-_CLIENT_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
 # The ping, byte for byte, as docs/protocol.rst defines it.
 PING_BYTES = b'{"@type":"https://proxy.brickchain.com/v1/ping.json"}\n'
 
 
-def without_global_timers(factory, client=False):
-    """
-    Switch off Autobahn's handshake timeouts, which would run on the global
-    reactor rather than on the test's clock.
-    """
-    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-    if client:
-        factory.setProtocolOptions(serverConnectionDropTimeout=0)
-    return factory
-
-
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-class MemoryConnections:
-    """
-    Connects server and client protocols in memory and moves their bytes.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.pumps = []
-
-    def connect(self, server_factory, client_factory):
-        """
-        @return: C{(server_protocol, client_protocol)}, open (handshake done).
-        """
-        server = server_factory.buildProtocol(_CLIENT_ADDRESS)
-        client = client_factory.buildProtocol(_SERVER_ADDRESS)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True,
-                                hostAddress=_SERVER_ADDRESS,
-                                peerAddress=_CLIENT_ADDRESS),
-            client,
-            iosim.FakeTransport(client, isServer=False,
-                                hostAddress=_CLIENT_ADDRESS,
-                                peerAddress=_SERVER_ADDRESS),
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return server, client
-
-    def flush(self):
-        """
-        Deliver everything every side has sent, until nothing moves (what
-        one connection receives may make another send).
-        """
-        moved = True
-        while moved:
-            moved = False
-            for pump in self.pumps:
-                if pump.flush():
-                    moved = True
-
-    def advance(self, seconds):
-        """
-        Let C{seconds} pass, then deliver what the timers sent.
-        """
-        self.clock.advance(seconds)
-        self.flush()
-
-    def close_all(self):
-        """
-        Close every connection still open (from the client side) and wait
-        until both ends are gone.
-        """
-        for pump in self.pumps:
-            client = pump.client
-            if not pump.clientIO.disconnected:
-                if client.state == client.STATE_OPEN:
-                    client.sendClose(CLOSE_NORMAL)
-                else:
-                    client.dropConnection(abort=True)
-            pump.flush()
-
-    def is_open(self, protocol):
-        return protocol.state == protocol.STATE_OPEN
-
-
-class RawTunnelClient(WebSocketClientProtocol):
-    """
-    A bare websocket client that sends whatever the test says and records
-    what the proxy sends back.
-    """
-
-    def __init__(self):
-        WebSocketClientProtocol.__init__(self)
-        self.messages = []
-        self.closed = None
-
-    def onMessage(self, payload, isBinary):
-        self.messages.append(payload)
-
-    def onClose(self, wasClean, code, reason):
-        self.closed = (code, reason)
-
-    def send(self, message):
-        self.sendMessage(encode(message) if not isinstance(message, bytes)
-                         else message, isBinary=False)
-
-    def decoded(self):
-        return [decode(m) for m in self.messages]
-
-
-class FakeProxy(WebSocketServerProtocol):
-    """
-    A bare websocket server standing in for the proxy: records what the
-    client sends, and sends whatever the test says.
-    """
-
-    def __init__(self):
-        WebSocketServerProtocol.__init__(self)
-        self.messages = []
-        self.closed = None
-
-    def onMessage(self, payload, isBinary):
-        self.messages.append(payload)
-
-    def onClose(self, wasClean, code, reason):
-        self.closed = (code, reason)
 
 
 class ProxyProtocolTestCase(TestCase):
