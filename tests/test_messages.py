@@ -350,12 +350,6 @@ class ConstructionTests(SynchronousTestCase):
         self.assertEqual(str(uuid.UUID(message.id)), message.id)
         self.assertTrue(message.timestamp.endswith("Z"))
 
-    def test_create_builds_like_the_constructor(self):
-        """create(**fields) is the constructor with id and timestamp defaults."""
-        message = WSTeardown.create(id=_ID)
-        self.assertEqual(message.id, _ID)
-        self.assertIsInstance(message, WSTeardown)
-
     def test_new_id_is_a_random_uuid4(self):
         """new_id returns distinct version-4 UUID strings."""
         first, second = new_id(), new_id()
