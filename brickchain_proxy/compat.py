@@ -37,6 +37,18 @@ def answer_bad_requests_with(channel, respond):
     channel._respondToBadRequestAndDisconnect = respond
 
 
+def request_line(request):
+    """
+    The method, target and version of a request whose headers are in but
+    whose body is not (twisted.web sets them on the request only once the
+    whole body is read, in C{requestReceived}).
+
+    Private: C{HTTPChannel._command}, C{_path} and C{_version}.
+    """
+    channel = request.channel
+    return channel._command, channel._path, channel._version
+
+
 def visitor_gone(request):
     """
     Whether the visitor of a twisted.web C{request} has disconnected.

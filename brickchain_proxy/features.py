@@ -27,8 +27,17 @@ WS_CLOSE = "ws-close"
 #: which the proxy then completes the visitor's handshake with.
 WS_SUBPROTOCOL = "ws-subprotocol"
 
+#: HTTP requests travel as streams of binary frames (head once, raw body
+#: bytes, per-stream flow control) rather than as http-request/-response
+#: documents (docs/protocol.rst, "Streams").
+STREAMS = "streams"
+
+#: The extensions that change how the v1 documents are written.
+MESSAGE_FEATURES = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE,
+                              WS_SUBPROTOCOL])
+
 #: Everything this implementation speaks, in both roles.
-SUPPORTED = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL])
+SUPPORTED = MESSAGE_FEATURES | {STREAMS}
 
 
 def negotiate(offered, supported=SUPPORTED):

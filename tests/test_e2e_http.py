@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
 
 import brickchain_proxy
+from brickchain_proxy.features import MESSAGE_FEATURES
 from tests.support import (
     RecordingResource,
     close_connections,
@@ -303,8 +304,9 @@ class ErrorStatusTests(_TunnelFixture, TestCase):
         self.assertEqual(self.local.requests, [])
 
     async def test_request_body_over_limit_gets_413_without_reaching_service(self):
-        """A body over max_body gets 413 unseen by the service; one at the limit passes."""
-        tunnel = await self.start_tunnel(max_body=1000)
+        """Through a client without streams, a body over max_body gets 413 unseen by the service; one at the limit passes."""
+        tunnel = await self.start_tunnel(
+            max_body=1000, client_kwargs={"features": MESSAGE_FEATURES})
         too_big, _ = await self.fetch(
             self.via_host(tunnel, "POST", "/echo-body", data=b"x" * 1001))
         self.assertEqual(too_big.code, 413)
@@ -314,9 +316,10 @@ class ErrorStatusTests(_TunnelFixture, TestCase):
         self.assertEqual((at_limit.code, body), (200, b"y" * 1000))
 
     async def test_response_over_proxy_limit_gets_502(self):
-        """A response body over the proxy's max_body (the client allows it) gets 502."""
+        """Through a client without streams, a response body over the proxy's max_body (the client allows it) gets 502."""
         tunnel = await self.start_tunnel(
-            max_body=1000, client_kwargs={"max_body": 1000000})
+            max_body=1000, client_kwargs={"max_body": 1000000,
+                                          "features": MESSAGE_FEATURES})
         response, body = await self.fetch(self.via_host(tunnel, "GET", "/big/5000"))
         self.assertEqual(response.code, 502)
         self.assertIn(b"limit", body)
@@ -367,12 +370,13 @@ class LifecycleTests(_TunnelFixture, TestCase):
         arrived = self.local.wait_for_request(b"/slow")
         pending = self.via_host(tunnel, "GET", "/slow")
         await arrived
-        self.assertEqual(len(tunnel.proxy.hub.pending), 1)
+        self.assertEqual(tunnel.proxy.public.in_flight_total(), 1)
         pending.cancel()
         with self.assertRaises(ResponseNeverReceived) as raised:
             await pending
         self.assertTrue(raised.exception.reasons[0].check(CancelledError))
-        await wait_until(lambda: len(tunnel.proxy.hub.pending) == 0,
+        await wait_until(lambda: tunnel.proxy.public.in_flight_total() == 0
+                         and len(tunnel.proxy.hub.pending) == 0,
                          what="pending request forgotten")
 
     async def test_concurrent_requests_do_not_cross(self):

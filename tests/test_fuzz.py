@@ -75,6 +75,7 @@ from brickchain_proxy.messages import (
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
 from brickchain_proxy.proxy.tunnel import TunnelServerFactory
+from brickchain_proxy.streams import frames
 from tests import protocol_vectors
 from tests.support import (
     RecordingResource,
@@ -536,6 +537,14 @@ def _decodes(payload):
     return True
 
 
+def _is_frame(payload):
+    try:
+        frames.decode(payload)
+    except frames.FrameError:
+        return False
+    return True
+
+
 def _valid_utf8(payload):
     try:
         payload.decode("utf-8")
@@ -909,6 +918,7 @@ class ClientTunnelFuzzTests(_FuzzTestCase):
                 break
             payload = world.materialize(payload)
             registered_before = world.client.registration is not None
+            streams_before = world.client.streams is not None
             self.log.reset()
             world.proxy.sendMessage(payload, isBinary=is_binary)
             world.net.flush()
@@ -916,6 +926,13 @@ class ClientTunnelFuzzTests(_FuzzTestCase):
             if not is_binary and not _valid_utf8(payload):
                 # Autobahn fails a text message that is not UTF-8 itself.
                 self.assertNotEqual(world.client.state, world.client.STATE_OPEN)
+            elif is_binary and streams_before:
+                # On a streams tunnel a binary message is a frame: a valid
+                # one is acted on, anything else breaks the connection.
+                if not _is_frame(payload):
+                    self.assertEqual(len(self.log.about(
+                        "bad stream frame from the proxy", LogLevel.warn)), 1)
+                    self.assertNotEqual(world.client.state, world.client.STATE_OPEN)
             elif not _decodes(payload):
                 if registered_before:
                     self.assertEqual(len(self.log.about(
@@ -958,6 +975,9 @@ class AnsweringHub:
     Stands in for the L{TunnelHub}: every request is answered at once with
     C{response} (under the request's id).
     """
+
+    #: no tunnel is held here: every request takes the v1 path
+    local = {}
 
     def __init__(self, response, features):
         self.response = response

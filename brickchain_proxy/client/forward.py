@@ -193,6 +193,13 @@ class LocalForwarder:
             reactor, LocalEndpoints(reactor, timeout), pool=self.pool)
         self._in_flight = set()
 
+    @property
+    def agent(self):
+        """
+        The HTTP client for the local service (persistent connections).
+        """
+        return self._agent
+
     def url_for(self, message, features):
         """
         The local URL for a tunnelled request.

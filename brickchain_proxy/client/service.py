@@ -168,7 +168,7 @@ class TunnelClientService(service.MultiService):
     def __init__(self, reactor, proxy_url, local_url, key_path,
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
-                 max_delay=30.0, ca_cert=None):
+                 max_delay=30.0, ca_cert=None, features=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.proxy_url = proxy_url
@@ -180,6 +180,8 @@ class TunnelClientService(service.MultiService):
         self._tls_options = tls_options
         self._ca_cert = ca_cert
         self._local_url = local_url
+        #: the extensions offered to the proxy (default: all we speak)
+        self.features = features
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body
         )
@@ -213,6 +215,7 @@ class TunnelClientService(service.MultiService):
             self.ws_url, self.proxy_url, self.key, self.forwarder, self._reactor,
             self._local_url, session=self._session, ping_timeout=self._ping_timeout,
             on_registered=self._registered, on_closed=self._closed,
+            **({} if self.features is None else {"features": self.features}),
         )
         factory.consume_refusals = True
         tls_options = self._tls_options

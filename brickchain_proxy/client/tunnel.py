@@ -33,7 +33,10 @@ from ..messages import (
     encode,
 )
 from ..wsutil import TunnelBackpressure, fail_if_invalid_text
+from ..streams.frames import FrameError
+from ..streams.session import CONNECTION_LOST, StreamSession
 from .local_ws import LocalWebSockets
+from .streamed import LocalStreamedRequest
 
 
 class RegistrationFailed(Exception):
@@ -53,6 +56,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     _log = Logger()
 
     registration = None
+    #: the L{StreamSession} once streams are negotiated
+    streams = None
     #: the proxy's reason, when it refused the registration
     refusal = None
     #: why TLS verification of the proxy failed, when it did
@@ -126,6 +131,14 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         self._last_heard = self._clock.seconds()
+        if isBinary and self.streams is not None:
+            try:
+                self.streams.received(payload)
+            except FrameError as e:
+                self._log.warn("bad stream frame from the proxy ({error}); "
+                               "reconnecting", error=str(e))
+                self.dropConnection(abort=True)
+            return
         try:
             message = decode(payload)
         except MessageError as e:
@@ -167,9 +180,15 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         self.registration = message
         self.features = frozenset(message.features or ())
         self.local_websockets.features = self.features
+        if _features.STREAMS in self.features:
+            self.streams = StreamSession(self.send_binary, self._accept_stream)
         self.factory.registered_with(self, message)
         d, self.registered = self.registered, None
         d.callback(message)
+
+    def _accept_stream(self, stream, head):
+        return LocalStreamedRequest(self.factory.forwarder, stream, head,
+                                    self.features, self._clock)
 
     def handle_http_request(self, message):
         d = self.factory.forwarder.forward(message, self.features)
@@ -206,6 +225,13 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         """
         if self._opened and self.state == self.STATE_OPEN:
             self.sendMessage(encode(message), isBinary=False)
+
+    def send_binary(self, data):
+        """
+        Send one stream frame to the proxy (if still connected).
+        """
+        if self._opened and self.state == self.STATE_OPEN:
+            self.sendMessage(data, isBinary=True)
 
     def say_goodbye(self):
         """
@@ -264,6 +290,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             return
         self._opened = False
         self.local_websockets.close_all()
+        if self.streams is not None:
+            self.streams.connection_lost(CONNECTION_LOST)
         if self.registration is None:
             self._registration_failed(
                 "connection closed before registration ({}: {})".format(code, reason)

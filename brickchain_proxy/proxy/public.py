@@ -18,6 +18,8 @@ from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..messages import HttpRequest, encode
 from ..wsutil import is_websocket_upgrade
+from .plain import finish_plain, plain
+from .streamed import StreamedExchange
 from .visitor_ws import accept_visitor
 
 # Host is this hop's; the proxy has read the whole body, so it answered any
@@ -40,7 +42,8 @@ class PublicTunnel:
 
     def __init__(self, hub, limiter, max_body, request_timeout,
                  visitor_factory=None, max_pending=1000, max_websockets=1000,
-                 access_log=False, clock=None, trust_forwarded=False):
+                 access_log=False, clock=None, trust_forwarded=False,
+                 max_stream_body=0, stream_idle_timeout=300.0):
         self._hub = hub
         self._limiter = limiter
         self._max_body = max_body
@@ -53,11 +56,56 @@ class PublicTunnel:
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
+        #: the largest streamed request or response body (0: no limit)
+        self.max_stream_body = max_stream_body
+        #: seconds a stream may carry nothing before it is closed (0: never)
+        self.stream_idle_timeout = stream_idle_timeout
         #: clientID -> HTTP requests of that tunnel being answered here
         self.in_flight = {}
         #: set when the proxy shuts down: new requests get 503
         self.shutting_down = False
         self._idle_waiters = []
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @property
+    def request_timeout(self):
+        return self._request_timeout
+
+    def start_streamed(self, request, client_id, raw_path, length, method, uri,
+                       version):
+        """
+        Answer C{request} (whose headers are in, its body not yet) on a
+        stream of its tunnel's connection, if that connection is on this
+        instance and speaks streams.  Everything else -- refusals too --
+        takes the buffered path, which answers them.
+
+        @return: the L{StreamedExchange}, or L{None}.
+        """
+        if self.shutting_down or is_websocket_upgrade(request):
+            return None
+        connection = self._hub.local.get(client_id)
+        if connection is None or getattr(connection, "streams", None) is None:
+            return None
+        if self.in_flight.get(client_id, 0) >= self.max_pending:
+            return None
+        if self.max_stream_body and length is not None and length > self.max_stream_body:
+            return None  # 413 from the buffered path, without reading it
+        request.method, request.uri, request.clientproto = method, uri, version
+        if self.access_log:
+            self._log_access(request, client_id)
+        exchange = StreamedExchange(self, request, client_id, connection, raw_path,
+                                    length)
+        exchange.start_when_allowed(self._limiter.check(client_id), method, uri)
+        return exchange
+
+    def exchange_started(self, exchange):
+        self.in_flight[exchange.client_id] = self.in_flight.get(exchange.client_id, 0) + 1
+
+    def exchange_done(self, exchange):
+        self._done(None, exchange.client_id)
 
     def in_flight_total(self):
         """
@@ -255,16 +303,3 @@ def _over_limit(request, client_id, limit, log_format, text):
                            client_id=client_id, limit=limit)
     finish_plain(request, 503, "{} (limit {})\n".format(text, limit))
     return server.NOT_DONE_YET
-
-
-def plain(request, code, text):
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return text.encode("utf-8")
-
-
-def finish_plain(request, code, text):
-    body = plain(request, code, text)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    request.write(body)
-    request.finish()

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import attr
 
-from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, SUPPORTED, WS_CLOSE
+from ..features import BINARY_WS, MESSAGE_FEATURES, MULTI_HEADER, RAW_PATH, WS_CLOSE
 from ..headers import join_values
 from ..messages import HttpRequest, WSMessage, WSRequest, WSTeardown, decode, encode
 
@@ -29,7 +29,7 @@ def adapt_to(features, raw):
 
     @raise MessageError: C{raw} is not a valid message.
     """
-    if features >= SUPPORTED:
+    if features >= MESSAGE_FEATURES:
         return raw
     message = decode(raw)
     kind = type(message)

@@ -119,7 +119,8 @@ class ProxyService(service.MultiService):
                  max_headers=100, max_header_bytes=16384, idle_timeout=75.0,
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
-                 extra_bases=(), v1_ws_pacing=V1_WS_PACING):
+                 extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
+                 stream_idle_timeout=300.0):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.backend = open_backend(bus_url, reactor)
@@ -158,7 +159,8 @@ class ProxyService(service.MultiService):
             max_pending=max_pending, max_websockets=max_websockets,
             max_headers=max_headers, max_header_bytes=max_header_bytes,
             idle_timeout=idle_timeout, access_log=access_log,
-            trust_forwarded=trust_forwarded,
+            trust_forwarded=trust_forwarded, max_stream_body=max_stream_body,
+            stream_idle_timeout=stream_idle_timeout,
         )
         self.public = self.site.tunnel
         self.ports = []

@@ -19,7 +19,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from .. import __version__, compat
-from .public import PublicTunnel, finish_plain, plain
+from .plain import finish_plain, plain
+from .public import PublicTunnel
 
 # One DNS label: letters, digits and inner hyphens, 1 to 63 characters.
 _DNS_LABEL = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -37,12 +38,25 @@ class BoundedRequest(server.Request):
 
     body_too_large = False
     _body_length = 0
+    #: the L{streamed.StreamedExchange} when the request goes on a stream
+    exchange = None
 
     def gotLength(self, length):
         self.content = io.BytesIO()
-        max_body = self.channel.site.max_body
+        site = self.channel.site
+        self.exchange = site.start_streamed(self, length)
+        if self.exchange is not None:
+            return
+        max_body = site.max_body
         if length is not None and length > max_body:
             self.body_too_large = True
+
+    def requestReceived(self, command, path, version):
+        if self.exchange is None:
+            return server.Request.requestReceived(self, command, path, version)
+        # A streamed request was answered from its head on: the body is
+        # complete now, and there is nothing to render.
+        self.exchange.body_complete()
 
     def processingFailed(self, reason):
         """
@@ -55,6 +69,9 @@ class BoundedRequest(server.Request):
         return reason
 
     def handleContentChunk(self, data):
+        if self.exchange is not None:
+            self.exchange.body_chunk(data)
+            return
         if self.body_too_large:
             return
         self._body_length += len(data)
@@ -123,6 +140,22 @@ class PublicSite(server.Site):
 
     def log(self, request):
         pass
+
+    def start_streamed(self, request, length):
+        """
+        Put C{request} on a stream at once, if it is for a tunnel that
+        speaks streams; called when its headers are in.
+
+        @return: its L{streamed.StreamedExchange}, or L{None} (the request
+            takes the buffered path, and is routed and rendered as usual).
+        """
+        method, uri, version = compat.request_line(request)
+        route = self.resource.route(request.getHeader(b"host"), uri)
+        if route is None:
+            return None
+        client_id, raw_path = route
+        return self.tunnel.start_streamed(request, client_id, raw_path, length,
+                                          method, uri, version)
 
     def close_idle_connections(self):
         """
@@ -266,6 +299,26 @@ class Root(Resource):
     def getChild(self, name, request):
         return _NOT_FOUND
 
+    def route(self, host, uri):
+        """
+        The tunnel a request with this Host header and target goes to, as
+        C{(client_id, raw_path)}, or L{None} (not a well-formed tunnel
+        route: the resource tree answers it).
+        """
+        raw_path = uri.partition(b"?")[0]
+        if self._suffix is not None:
+            client_id = self.tunnel_for_host(host)
+            if client_id is INVALID_HOST:
+                return None
+            if client_id is not None:
+                return client_id, raw_path
+        parts = raw_path.split(b"/", 4)
+        # ["", "proxy", "request", "<id>", "rest..."]
+        if len(parts) >= 4 and parts[1] == b"proxy" and parts[2] == b"request" and parts[3]:
+            rest = b"/" + parts[4] if len(parts) == 5 else b"/"
+            return parts[3].decode("utf-8", "replace").lower(), rest
+        return None
+
     def tunnel_for_host(self, host):
         """
         The clientID a Host header names, or L{None}.  The port is ignored,
@@ -292,7 +345,7 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
                request_timeout, reactor=None, visitor_factory=None,
                max_pending=1000, max_websockets=1000, max_headers=100,
                max_header_bytes=16384, idle_timeout=75, access_log=False,
-               trust_forwarded=False):
+               trust_forwarded=False, max_stream_body=0, stream_idle_timeout=300.0):
     """
     The proxy's public L{PublicSite}; its tunnel side is C{site.tunnel}.
     """
@@ -300,6 +353,7 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
         hub, limiter, max_body, request_timeout, visitor_factory,
         max_pending=max_pending, max_websockets=max_websockets,
         access_log=access_log, clock=reactor, trust_forwarded=trust_forwarded,
+        max_stream_body=max_stream_body, stream_idle_timeout=stream_idle_timeout,
     )
     tunnel_resource = TunnelResource(tunnel)
     root = Root(domain, tunnel_resource)

@@ -79,6 +79,15 @@ class Options(usage.Options):
          "each such websocket then carries at most 1/SECONDS frames per "
          "second toward the client. 0 turns pacing off. Our own client is "
          "never paced. [default: 0.015]", float],
+        ["max-stream-body", None, 0,
+         "Largest request or response body in bytes on a stream (between this "
+         "proxy and brickclient; larger requests get 413, larger responses "
+         "are cut off by a reset). 0: no limit. --max-body still applies to "
+         "v1 clients.", int],
+        ["stream-idle-timeout", None, 300.0,
+         "Seconds a streamed request may carry nothing in either direction "
+         "before it is closed (a server-sent event stream that keeps "
+         "sending is never cut). 0: never.", float],
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds in-flight requests get to finish before tunnel "
          "connections are closed (1001) and the proxy exits.", float],
@@ -122,6 +131,9 @@ class Options(usage.Options):
             self["v1-ws-pacing"] = V1_WS_PACING
         if self["v1-ws-pacing"] < 0:
             raise usage.UsageError("--v1-ws-pacing must be 0 or more")
+        if self["max-stream-body"] < 0 or self["stream-idle-timeout"] < 0:
+            raise usage.UsageError(
+                "--max-stream-body and --stream-idle-timeout must be 0 or more")
         if self["ws-ping-interval"] < 0:
             raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
@@ -197,5 +209,7 @@ def makeService(config, reactor=None):
         access_log=config["access-log"],
         trust_forwarded=config["trust-forwarded"],
         v1_ws_pacing=config["v1-ws-pacing"],
+        max_stream_body=config["max-stream-body"],
+        stream_idle_timeout=config["stream-idle-timeout"],
         handle_signals=True,
     )

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from .. import features as _features
 from ..compat import cancel_close_handshake_timer
-from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
+from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from ..identity import derive_client_id
 from ..mandate_tokens import RegistrationRefused
 from ..wsutil import (
@@ -39,6 +39,8 @@ from ..messages import (
     decode,
     encode,
 )
+from ..streams.frames import FrameError
+from ..streams.session import CONNECTION_LOST, StreamSession
 from .interfaces import ITunnelConnection
 from .pacing import FramePacer
 
@@ -57,6 +59,8 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
 
     _opened = False
     _pacer = None
+    #: the L{StreamSession} when the connection negotiated streams
+    streams = None
     _registration_timer = None
     _ping_timer = None
     _peer_text = "?"
@@ -92,6 +96,14 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
     # -- receiving ---------------------------------------------------------
 
     def onMessage(self, payload, isBinary):
+        if isBinary and self.streams is not None:
+            try:
+                self.streams.received(payload)
+            except FrameError as e:
+                self._log.warn("tunnel {peer}: bad stream frame ({error}), closing",
+                               peer=self._peer_text, error=str(e))
+                close_websocket(self, CLOSE_PROTOCOL_ERROR, "bad stream frame")
+            return
         try:
             message = decode(payload)
         except MessageError as e:
@@ -139,6 +151,8 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
         offered = message.features
         negotiated = _features.negotiate(offered, factory.features)
         self.features = negotiated
+        if _features.STREAMS in negotiated and self.streams is None:
+            self.streams = StreamSession(self.send_binary)
         if not negotiated and factory.v1_ws_pacing and self._pacer is None:
             self._pacer = FramePacer(
                 self._clock, factory.v1_ws_pacing, self.send_raw,
@@ -219,6 +233,15 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
             return
         self._last_sent = self._clock.seconds()
         self.sendMessage(data, isBinary=False)
+
+    def send_binary(self, data):
+        """
+        Send one stream frame (a binary message); dropped once closing.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        self._last_sent = self._clock.seconds()
+        self.sendMessage(data, isBinary=True)
 
     def send_frame(self, stream_id, raw, last=False):
         """
@@ -309,6 +332,8 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
         self._registration_timer = self._ping_timer = None
         if self._pacer is not None:
             self._pacer.stop()
+        if self.streams is not None:
+            self.streams.connection_lost(CONNECTION_LOST)
         # Autobahn leaves its closing-handshake timer running when the TCP
         # connection goes before the client's close frame arrives (as when a
         # client answers our close by dropping TCP): cancel it here.
