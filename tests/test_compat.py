@@ -174,3 +174,21 @@ class CloseHandshakeTimerTests(SynchronousTestCase):
         self.assertIn("closeHandshakeTimeoutCall", inspect.getsource(protocol))
 
 
+
+
+class RequestLineTests(SynchronousTestCase):
+    def test_method_target_and_version_are_known_once_the_headers_are_in(self):
+        """When gotLength runs (headers in, body not yet), the request line can be read."""
+        seen = []
+
+        class Early(server.Request):
+            def gotLength(self, length):
+                seen.append(compat.request_line(self))
+                server.Request.gotLength(self, length)
+
+        site = server.Site(Resource(), reactor=Clock())
+        site.requestFactory = Early
+        channel = compat.http_channel(site.buildProtocol(_PEER))
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"POST /up?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(seen, [(b"POST", b"/up?x=1", b"HTTP/1.1")])

@@ -19,7 +19,6 @@ from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -57,15 +56,6 @@ def parse_redis_url(url):
     )
 
 
-def _no_delay(transport):
-    """
-    Turn Nagle's algorithm off: commands are small and often several are in
-    flight, and Nagle plus Redis's delayed ACKs would hold one back ~40 ms.
-    """
-    if ITCPTransport.providedBy(transport):
-        transport.setTcpNoDelay(True)
-
-
 class _Subscriber(txredisapi.SubscriberProtocol):
     """
     The subscriber connection: hands messages to the backend and
@@ -73,7 +63,6 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     """
 
     def connectionMade(self):
-        _no_delay(self.transport)
         d = txredisapi.SubscriberProtocol.connectionMade(self)
         self.whenConnected().addCallback(self.factory.backend._subscriber_ready)
         return d
@@ -88,7 +77,6 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 class _Commands(txredisapi.RedisProtocol):
     def connectionMade(self):
-        _no_delay(self.transport)
         d = txredisapi.RedisProtocol.connectionMade(self)
         self.whenConnected().addCallback(self.factory.backend._commands_ready)
         return d

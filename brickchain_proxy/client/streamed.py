@@ -121,6 +121,7 @@ class LocalStreamedRequest:
         self._done = False
         self.upload_paused = False
         self._write_paused = False
+        self._remaining = None  # answer bytes still due, when the length is known
         self._uncredited = 0
         self._timer = None
         self._start(head)
@@ -198,7 +199,7 @@ class LocalStreamedRequest:
                                        listed),
         }
         if isinstance(response.length, int):
-            head["length"] = response.length
+            head["length"] = self._remaining = response.length
         self._answered = True
         self._stream.send_head(head)
         response.deliverBody(_ResponseBody(self))
@@ -206,13 +207,17 @@ class LocalStreamedRequest:
     def answer_data(self, data):
         if self._done or self._stream.closed:
             return
-        self._stream.write(data)
+        remaining = self._remaining
+        if remaining is not None:
+            remaining = self._remaining = remaining - len(data)
+        # The chunk that completes a known length carries FIN itself.
+        self._stream.write(data, fin=remaining == 0)
 
     def answer_ended(self, reason):
         if self._done or self._stream.closed:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self._stream.finish()
+            self._stream.finish()  # a no-op when the last chunk carried FIN
         else:
             self._log.warn("local service failed mid-answer: {error}",
                            error=reason.getErrorMessage())

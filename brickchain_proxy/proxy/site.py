@@ -19,6 +19,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from .. import __version__, compat
+from ..endpoints import no_delay
 from .plain import finish_plain, plain
 from .public import PublicTunnel
 
@@ -46,6 +47,9 @@ class BoundedRequest(server.Request):
         site = self.channel.site
         self.exchange = site.start_streamed(self, length)
         if self.exchange is not None:
+            # The answer goes out in pieces as it arrives: no Nagle delay on
+            # the last small one.
+            no_delay(self.transport)
             return
         max_body = site.max_body
         if length is not None and length > max_body:

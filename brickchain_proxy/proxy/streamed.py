@@ -112,14 +112,15 @@ class StreamedExchange:
         if self._length is not None:
             head["length"] = self._length
         try:
-            self._stream = self._connection.streams.open(self, head)
+            self._stream = self._connection.streams.open(self, head,
+                                                         fin=self._length == 0)
         except StreamError:
             self._fail(502, "the tunnel's connection was lost before it answered")
             return
         early, self._early_chunks = self._early_chunks, []
         for chunk in early:
             self.body_chunk(chunk)
-        if self._length == 0 or self._body_complete:
+        if self._body_complete:
             self._stream.finish()
         self._resume_upload()
         self._head_timer = self._clock.callLater(
@@ -148,7 +149,8 @@ class StreamedExchange:
                        "bytes".format(cap))
             return
         self._last_activity = self._clock.seconds()
-        self._stream.write(data)
+        # The chunk that completes a known length carries FIN itself.
+        self._stream.write(data, fin=self._body_size == self._length)
 
     def body_complete(self):
         """
@@ -156,8 +158,8 @@ class StreamedExchange:
         """
         self._body_complete = True
         stream = self._stream
-        if stream is not None and not stream.closed and self._length != 0:
-            stream.finish()
+        if stream is not None and not stream.closed:
+            stream.finish()  # a no-op when the body's FIN is already out
         self._resume_upload()
         if self._refusal is not None and not self._answered:
             self._answer_refusal()

@@ -108,15 +108,27 @@ class Stream:
             self.sent_fin = True
             self.session._maybe_forget(self)
 
-    def write(self, data):
+    def write(self, data, fin=False):
         """
         Send body bytes, in frames of at most C{max_frame}, as the window
         allows; the rest waits (and the handler is told to pause).
+
+        @param fin: these are the last bytes: the last frame carries FIN.
         """
         self._check_open()
         size = self.session.max_frame
+        last = len(data) - size
+        if fin:
+            if self.sent_fin:
+                raise StreamError("stream {} already finished".format(self.id))
+            self.sent_fin = True
         for start in range(0, len(data), size):
-            self._send_or_queue(DATA, 0, data[start:start + size])
+            flags = FIN if fin and start >= last else 0
+            self._send_or_queue(DATA, flags, data[start:start + size])
+        if fin and not data:
+            self._send_or_queue(DATA, FIN, b"")
+        if fin and not self._queue:
+            self.session._maybe_forget(self)
 
     def write_ws(self, payload, is_text):
         """
@@ -196,10 +208,10 @@ class Stream:
         C{size} bytes received on this stream have been passed on: grant
         them back (in batches of a quarter window).
         """
-        if self.closed or size <= 0:
-            return
+        if self.closed or size <= 0 or self.received_fin:
+            return  # nothing more will come: no credit needed
         self._unacked += size
-        if self._unacked >= self.session.window // 4 or self.received_fin:
+        if self._unacked >= self.session.window // 4:
             increment, self._unacked = self._unacked, 0
             self._recv_window += increment
             self.session._send(frames.window_update(self.id, increment))
@@ -291,9 +303,9 @@ class StreamSession:
     def __len__(self):
         return len(self.streams)
 
-    def open(self, handler, head):
+    def open(self, handler, head, fin=False):
         """
-        Open a stream and send its C{head}.
+        Open a stream and send its C{head}; with C{fin}, no body follows.
 
         @return: the L{Stream}.
         """
@@ -301,7 +313,7 @@ class StreamSession:
         self._next_id = stream_id + 1 if stream_id < frames.MAX_STREAM_ID else 1
         stream = Stream(self, stream_id, handler, self.window)
         self.streams[stream_id] = stream
-        stream.send_head(head, syn=True)
+        stream.send_head(head, fin=fin, syn=True)
         return stream
 
     def received(self, data):
