@@ -20,7 +20,7 @@ from . import frames
 from .frames import DATA, FIN, HEAD, MORE, RESET, SYN, TEXT, WINDOW_UPDATE, WS
 
 INITIAL_WINDOW = 256 * 1024
-MAX_FRAME = 16 * 1024
+MAX_FRAME = 64 * 1024
 
 #: The reason every stream is reset with when the connection goes.
 CONNECTION_LOST = "the tunnel's connection was lost"
