@@ -15,7 +15,8 @@ from brickchain_proxy.bus.interface import IBackend
 from brickchain_proxy.mandate_tokens import TokenVerifier
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.interfaces import IStreamVisitor, ITunnelConnection
-from brickchain_proxy.proxy.tunnel import TunnelServerFactory, TunnelServerProtocol
+from brickchain_proxy.proxy.tunnel import TunnelServerProtocol
+from brickchain_proxy.proxy.tunnel_factory import TunnelServerFactory
 from brickchain_proxy.proxy.visitor_ws import VisitorFactory, VisitorProtocol
 from brickchain_proxy.wsutil import TunnelBackpressure
 

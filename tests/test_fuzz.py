@@ -74,7 +74,7 @@ from brickchain_proxy.messages import (
 )
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
-from brickchain_proxy.proxy.tunnel import TunnelServerFactory
+from brickchain_proxy.proxy.tunnel_factory import TunnelServerFactory
 from brickchain_proxy.streams import frames
 from tests import protocol_vectors
 from tests.support import (

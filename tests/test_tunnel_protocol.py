@@ -42,7 +42,8 @@ from brickchain_proxy.messages import (
     encode,
 )
 from brickchain_proxy.proxy.hub import TunnelHub
-from brickchain_proxy.proxy.tunnel import PING, TunnelServerFactory
+from brickchain_proxy.proxy.tunnel import PING
+from brickchain_proxy.proxy.tunnel_factory import TunnelServerFactory
 from tests.support_tunnel import (
     BASE,
     CLOSE_NORMAL,

@@ -19,7 +19,7 @@ from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
 from .hub import TunnelHub
 from .site import build_site
-from .tunnel import TunnelServerFactory
+from .tunnel_factory import TunnelServerFactory
 from .visitor_ws import VisitorFactory
 
 
