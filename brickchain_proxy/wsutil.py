@@ -170,10 +170,11 @@ class SendBufferWatch:
         read before L{too_slow} says so.
     """
 
-    def __init__(self, limit):
+    def __init__(self, limit, on_resume=None):
         self.limit = limit
         self.backed_up = False
         self.queued = 0
+        self._on_resume = on_resume
 
     def too_slow(self, size):
         """
@@ -193,6 +194,8 @@ class SendBufferWatch:
 
     def resumeProducing(self):
         self.backed_up = False
+        if self._on_resume is not None:
+            self._on_resume()
 
     def stopProducing(self):
         self.backed_up = False

@@ -11,6 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
 from twisted.trial.unittest import TestCase
 
+from brickchain_proxy.features import MESSAGE_FEATURES
 from tests.support import (
     pseudo_random_bytes,
     start_tunnel,
@@ -229,8 +230,8 @@ class CloseTests(_WebSocketFixture, TestCase):
         self.assertEqual(code, 1001)
 
     async def test_visitor_that_does_not_read_is_closed_and_others_keep_working(self):
-        """A visitor with more than max_buffered bytes waiting is closed (1008); another visitor is unaffected."""
-        tunnel = await self.start_tunnel()
+        """Through a client without streams, a visitor with more than max_buffered bytes waiting is closed (1008); another visitor is unaffected."""
+        tunnel = await self.start_tunnel(client_kwargs={"features": MESSAGE_FEATURES})
         tunnel.proxy.visitor_factory.max_buffered = 4 * FLOOD_CHUNK
         other = await self.visitor(tunnel, "/echo")
         stuck = await open_visitor(self, self.ws_url(tunnel, "/flood/40"))
@@ -242,6 +243,22 @@ class CloseTests(_WebSocketFixture, TestCase):
         self.assertEqual(await other.echo(b"fine"), (b"fine", False))
         stuck.transport.resumeProducing()
         await stuck.closed
+
+    async def test_visitor_that_does_not_read_holds_back_the_local_service_on_streams(self):
+        """On streams, a visitor that stops reading pauses the local service (nothing is closed or lost); another visitor is unaffected."""
+        tunnel = await self.start_tunnel()
+        tunnel.proxy.visitor_factory.max_buffered = 4 * FLOOD_CHUNK
+        other = await self.visitor(tunnel, "/echo")
+        stuck = await open_visitor(self, self.ws_url(tunnel, "/flood/40"))
+        await stuck.opened
+        stuck.transport.pauseProducing()
+        flood = await wait_until(lambda: self.local.on("flood"))
+        self.assertEqual(await other.echo(b"fine"), (b"fine", False))
+        self.assertFalse(flood[0].closed.called)
+        stuck.transport.resumeProducing()
+        for _ in range(40):
+            payload, is_binary = await stuck.messages.get()
+            self.assertEqual((len(payload), is_binary), (FLOOD_CHUNK, True))
 
 
 class HandshakeTests(_WebSocketFixture, TestCase):

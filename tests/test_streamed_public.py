@@ -53,6 +53,9 @@ class ClientEnd:
     def end_received(self):
         self.ended = True
 
+    def ws_closed(self, code, reason):
+        self.ended = (code, reason)
+
     def reset_received(self, reason):
         self.reset = reason
 

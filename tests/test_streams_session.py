@@ -45,6 +45,9 @@ class Recorder:
     def end_received(self):
         self.events.append(("end",))
 
+    def ws_closed(self, code, reason):
+        self.events.append(("closed", code, reason))
+
     def reset_received(self, reason):
         self.events.append(("reset", reason))
 
@@ -249,3 +252,40 @@ class SessionTests(SynchronousTestCase):
         pair = Pair()
         ids = {pair.open({}).stream.id for _ in range(5)}
         self.assertEqual(len(ids), 5)
+
+
+class WebSocketStreamTests(SynchronousTestCase):
+    def test_close_carries_its_code_and_reason_and_ends_the_stream(self):
+        """WS_CLOSE reaches the other side with its code and reason; both closes end the stream."""
+        pair = Pair()
+        end = pair.open({"kind": "ws"})
+        pair.flush()
+        [client_end] = pair.accepted
+        end.stream.close_ws(4001, "bye \u2713")
+        pair.flush()
+        self.assertEqual(client_end.events[-1], ("closed", 4001, "bye \u2713"))
+        client_end.stream.close_ws(4001, "bye \u2713")
+        pair.flush()
+        self.assertEqual(end.events[-1], ("closed", 4001, "bye \u2713"))
+        self.assertEqual((len(pair.proxy), len(pair.client)), (0, 0))
+
+    def test_close_without_a_code(self):
+        """A close without a code arrives as (None, '')."""
+        pair = Pair()
+        end = pair.open({"kind": "ws"})
+        pair.flush()
+        end.stream.close_ws()
+        pair.flush()
+        self.assertEqual(pair.accepted[0].events[-1], ("closed", None, ""))
+
+    def test_message_larger_than_the_window_arrives_whole(self):
+        """A websocket message four windows long is not stalled by flow control."""
+        pair = Pair(window=64 * 1024, max_frame=16 * 1024)
+        end = pair.open({"kind": "ws"})
+        pair.flush()
+        payload = bytes(range(256)) * 1024  # 256 KiB
+        end.stream.write_ws(payload, False)
+        pair.flush()
+        self.assertEqual([e[1:] for e in pair.accepted[0].events if e[0] == "ws"],
+                         [(payload, False)])
+        self.assertEqual(end.stream.queued, 0)

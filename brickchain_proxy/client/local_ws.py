@@ -19,6 +19,7 @@ from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
 from ..wsutil import SendBufferWatch, close_websocket, is_open
+from .streamed_ws import StreamedLocal, StreamHead
 from .urls import local_url
 
 #: Headers Autobahn writes into every opening handshake itself (RFC 6455
@@ -92,7 +93,9 @@ class LocalWebSocket(WebSocketClientProtocol):
         factory = self.factory
         self._opened = True
         try:
-            self._watch = SendBufferWatch(self.factory.manager.max_buffered)
+            self._watch = SendBufferWatch(
+                self.factory.manager.max_buffered,
+                lambda: factory.manager.local_drained(factory.stream_id))
             self.transport.registerProducer(self._watch, True)
         except Exception:
             self._log.failure("local websocket setup failed")
@@ -110,6 +113,19 @@ class LocalWebSocket(WebSocketClientProtocol):
         except MessageError as e:
             self._log.warn("bad ws-message from the proxy: {error}", error=str(e))
             return
+        self.deliver_payload(payload, message.message_type == 2)
+
+    @property
+    def backed_up(self):
+        """
+        Whether the local service is not reading what we send it.
+        """
+        return self._watch is not None and self._watch.backed_up
+
+    def deliver_payload(self, payload, is_binary):
+        """
+        One message from the visitor.
+        """
         if not is_open(self):
             return
         if self._watch is not None and self._watch.too_slow(len(payload)):
@@ -118,7 +134,7 @@ class LocalWebSocket(WebSocketClientProtocol):
             self.factory.manager.local_closed(
                 self.factory.stream_id, self, CLOSE_POLICY, "local service too slow")
             return
-        self.sendMessage(payload, message.message_type == 2)
+        self.sendMessage(payload, is_binary)
 
     def close_from_tunnel(self, code, reason):
         """
@@ -178,6 +194,7 @@ class LocalWebSockets:
         self._backpressure = backpressure
         self._tls_options = tls_options
         self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
+        self._streamed = {}  # stream id -> its Stream, for websockets on streams
 
     def url_for(self, message):
         return local_url(
@@ -186,6 +203,21 @@ class LocalWebSockets:
             message, self.features)
 
     # -- from the proxy ----------------------------------------------------
+
+    def open_streamed(self, stream, head):
+        """
+        A websocket on a stream (its head is the handshake): connect to the
+        local service.
+
+        @return: the stream's L{IStreamHandler}.
+        """
+        handler = StreamedLocal(self, stream)
+        stream.handler = handler
+        headers = head.get("headers")
+        self._streamed[stream.id] = stream
+        self.open(StreamHead(stream.id, head.get("url") or "/", head.get("query") or "",
+                              headers if type(headers) is dict else {}))
+        return handler
 
     def open(self, message):
         """
@@ -255,6 +287,7 @@ class LocalWebSockets:
         The tunnel connection is gone: close every local websocket (1001).
         """
         streams, self.streams = self.streams, {}
+        self._streamed = {}
         for local in streams.values():
             if isinstance(local, LocalWebSocket):
                 local.close_from_tunnel(CLOSE_GOING_AWAY, "tunnel closed")
@@ -280,6 +313,11 @@ class LocalWebSockets:
                          "websocket: {}".format(reason))
 
     def local_message(self, stream_id, payload, is_binary):
+        stream = self._streamed.get(stream_id)
+        if stream is not None:
+            if not stream.closed:
+                stream.write_ws(payload, not is_binary)
+            return
         self._send(WSMessage.from_payload(
             stream_id, payload, is_binary, BINARY_WS in self.features))
 
@@ -291,10 +329,50 @@ class LocalWebSockets:
         if self.streams.get(stream_id) is not local:
             return
         del self.streams[stream_id]
+        stream = self._streamed.pop(stream_id, None)
+        if stream is not None:
+            stream.close_ws(code if code is not None and 1000 <= code <= 4999 else None,
+                            reason or "")
+            return
         if WS_CLOSE in self.features and code is not None and 1000 <= code <= 4999:
             self._send(WSTeardown(id=stream_id, code=code, reason=reason or ""))
         else:
             self._send(WSTeardown(id=stream_id))
 
     def _answer(self, stream_id, ok, error="", protocol=None):
+        stream = self._streamed.get(stream_id)
+        if stream is not None:
+            if not ok:
+                del self._streamed[stream_id]
+            if not stream.closed:
+                stream.send_head({"ok": ok, "error": error, "protocol": protocol},
+                                 fin=not ok)
+            return
         self._send(WSResponse(id=stream_id, ok=ok, error=error, protocol=protocol))
+
+    def opened(self, stream_id):
+        """
+        The open L{LocalWebSocket} of C{stream_id}, or L{None} (not open yet,
+        or gone).
+        """
+        local = self.streams.get(stream_id)
+        return local if isinstance(local, LocalWebSocket) else None
+
+    def local_drained(self, stream_id):
+        """
+        The local service reads again: grant a streamed websocket's credit.
+        """
+        stream = self._streamed.get(stream_id)
+        if stream is not None and stream.handler is not None:
+            stream.handler.drained()
+
+    def visitor_closed(self, stream_id, code, reason):
+        """
+        A streamed websocket's visitor closed (or its stream was reset).
+        """
+        self._streamed.pop(stream_id, None)
+        local = self.streams.pop(stream_id, None)
+        if isinstance(local, LocalWebSocket):
+            local.close_from_tunnel(code or 1000, reason)
+        elif local is not None:
+            local.cancel()  # still connecting

@@ -176,6 +176,9 @@ class LocalStreamedRequest:
     def ws_received(self, payload, is_text):
         self._stream.reset("websocket message on an HTTP stream")
 
+    def ws_closed(self, code, reason):
+        self._stream.reset("websocket close on an HTTP stream")
+
     def reset_received(self, reason):
         # The visitor went away (or the tunnel did): drop the local request.
         self._finish()

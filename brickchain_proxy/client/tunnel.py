@@ -187,6 +187,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         d.callback(message)
 
     def _accept_stream(self, stream, head):
+        if head.get("kind") == "ws":
+            return self.local_websockets.open_streamed(stream, head)
         return LocalStreamedRequest(self.factory.forwarder, stream, head,
                                     self.features, self._clock)
 

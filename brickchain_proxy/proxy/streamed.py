@@ -227,6 +227,9 @@ class StreamedExchange:
         self._stream.reset("websocket message on an HTTP stream")
         self._abort()
 
+    def ws_closed(self, code, reason):
+        self.ws_received(b"", False)
+
     def end_received(self):
         if not self._answered:
             self._fail(502, "the tunnel client ended the stream without an answer")

@@ -47,6 +47,7 @@ from ..wsutil import (
     is_open,
 )
 from .interfaces import IStreamVisitor
+from .streamed_ws import StreamedVisitor
 
 #: Request headers that belong to this hop's websocket handshake only.
 _DROP_FROM_WS_REQUEST = frozenset(
@@ -68,6 +69,10 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     _log = Logger()
 
     route = None
+    #: the handshake as a stream head (set by L{accept_visitor})
+    ws_head = None
+    #: the L{StreamedVisitor} when the websocket rides a stream
+    _streamed = None
     _pending = None
     _stream_open = False
     _teardown_sent = False
@@ -77,7 +82,16 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     def onConnect(self, request):
         try:
             client_id, stream_id, raw, features = self.route
-            d = self.factory.hub.websockets.open(client_id, stream_id, raw, self)
+            hub = self.factory.hub
+            connection = hub.local.get(client_id)
+            if connection is not None and getattr(connection, "streams", None) is not None:
+                self._streamed = StreamedVisitor(self, connection, self.factory.clock,
+                                                 hub.request_timeout)
+                hub.websockets.register(stream_id, self, client_id, connection)
+                d = self._streamed.open(self.ws_head)
+                d.addErrback(self._forget_streamed)
+            else:
+                d = hub.websockets.open(client_id, stream_id, raw, self)
         except Exception:
             self._log.failure("could not open a tunnelled websocket")
             raise ConnectionDeny(500, "internal error in the proxy")
@@ -87,10 +101,23 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
                        callbackArgs=(offered, features))
         return d
 
+    def _forget_streamed(self, failure):
+        self.factory.hub.websockets.forget(self.route[1])
+        return failure
+
+    @property
+    def drain(self):
+        """
+        The watch on this websocket's send buffer, once open.
+        """
+        return self._drain
+
     def _accepted(self, response, offered, features):
         self._pending = None
         client_id = self.route[0]
         if not response.ok:
+            if self._streamed is not None:
+                self.factory.hub.websockets.forget(self.route[1])
             self._log.info(
                 "tunnel {client_id}: websocket refused by the client: {error}",
                 client_id=client_id, error=response.error,
@@ -135,7 +162,9 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
 
     def onOpen(self):
         try:
-            self._drain = SendBufferWatch(self.factory.max_buffered)
+            self._drain = SendBufferWatch(
+                self.factory.max_buffered,
+                self._streamed.resumed if self._streamed is not None else None)
             self.transport.registerProducer(self._drain, True)
             self._backpressure = self.factory.hub.backpressure_for(self.route[0])
             if self._backpressure is not None:
@@ -146,6 +175,9 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
     # -- visitor -> tunnel -------------------------------------------------
 
     def onMessage(self, payload, isBinary):
+        if self._streamed is not None:
+            self._streamed.send(payload, isBinary)
+            return
         stream_id = self.route[1]
         message = WSMessage.from_payload(
             stream_id, payload, isBinary, BINARY_WS in self.route[3]
@@ -184,6 +216,13 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
             return
         self._teardown_sent = True
         stream_id = self.route[1]
+        if self._streamed is not None:
+            self.factory.hub.websockets.forget(stream_id)
+            if code is not None:
+                self._streamed.visitor_closed(code, reason)
+            else:
+                self._streamed.reset("the visitor went away")
+            return
         if WS_CLOSE in self.route[3] and code is not None and 1000 <= code <= 4999:
             teardown = WSTeardown(id=stream_id, code=code, reason=reason or "")
         else:
@@ -239,6 +278,9 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
         """
         self._teardown_sent = True
         self._stream_open = False
+        if self._streamed is not None:
+            self.factory.hub.websockets.forget(self.route[1])
+            self._streamed.reset(reason)
         close_websocket(self, CLOSE_GOING_AWAY, reason)
 
 
@@ -253,6 +295,7 @@ class VisitorFactory(WebSocketServerFactory):
                  max_buffered=None):
         WebSocketServerFactory.__init__(self, reactor=clock)
         self.hub = hub
+        self.clock = clock
         self.max_message_size = max_message_size
         self.max_buffered = max_buffered or max(4 * max_message_size, 4 * 1024 * 1024)
         options = dict(
@@ -292,6 +335,8 @@ def accept_visitor(request, factory, client_id, raw_path, features,
     add_forwarded_headers(request, message.headers, trust_forwarded)
     protocol = factory.buildProtocol(request.transport.getPeer())
     protocol.route = (client_id, message.id, encode(message), features)
+    protocol.ws_head = {"kind": "ws", "url": message.url, "query": message.query,
+                        "headers": message.headers}
     hand_over_connection(request, protocol)
     return NOT_DONE_YET
 

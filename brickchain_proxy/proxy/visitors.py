@@ -174,6 +174,16 @@ class VisitorStreams:
             relay.connection.send_raw(teardown)
             self._hub._fail_remote(stream_id, "websocket too fast for the tunnel client")
 
+    def register(self, stream_id, visitor, client_id, connection):
+        """
+        Count a visitor websocket that rides a stream of C{connection}
+        (it needs no frame routing here, but counts against the tunnel's
+        limit and is closed when the connection goes or the proxy stops).
+        """
+        stream = Stream(visitor, client_id)
+        stream.owner = connection
+        self.streams[stream_id] = stream
+
     def forget(self, stream_id):
         """
         Drop a stream without telling the tunnel (it is already gone).

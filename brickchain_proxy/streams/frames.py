@@ -3,7 +3,7 @@ The frames of the stream layer: one frame per binary websocket message on
 the tunnel, a 12-byte header (as hashicorp/yamux's) and the payload::
 
     version  u8    0
-    type     u8    DATA, WINDOW_UPDATE, HEAD, WS, RESET
+    type     u8    DATA, WINDOW_UPDATE, HEAD, WS, RESET, WS_CLOSE
     flags    u16   SYN, FIN (and TEXT, MORE for WS)
     stream   u32   the stream id (chosen by the proxy, never 0)
     length   u32   payload bytes; for WINDOW_UPDATE the window increment
@@ -24,8 +24,9 @@ WINDOW_UPDATE = 1  # the receiver consumed `length` more bytes
 HEAD = 2  # a request or response head, JSON
 WS = 3  # a websocket message (or a part of one)
 RESET = 4  # the stream is aborted; payload: a reason, UTF-8
+WS_CLOSE = 5  # the sender's websocket closed; payload: [u16 code, UTF-8 reason]
 
-TYPES = frozenset([DATA, WINDOW_UPDATE, HEAD, WS, RESET])
+TYPES = frozenset([DATA, WINDOW_UPDATE, HEAD, WS, RESET, WS_CLOSE])
 
 SYN = 0x1  # first frame of the stream (on HEAD, from the opener)
 FIN = 0x2  # the sender has sent everything on this stream
@@ -92,6 +93,31 @@ def decode(data):
         raise FrameError("frame length {} but {} payload bytes".format(
             length, len(data) - HEADER_SIZE))
     return kind, flags, stream_id, length, memoryview(data)[HEADER_SIZE:]
+
+
+def encode_close(stream_id, code, reason):
+    """
+    A WS_CLOSE frame: the websocket close C{code} (L{None}: none) and
+    C{reason}.
+    """
+    if code is None:
+        return encode(WS_CLOSE, 0, stream_id)
+    return encode(WS_CLOSE, 0, stream_id,
+                  struct.pack(">H", code) + reason.encode("utf-8")[:123])
+
+
+def decode_close(payload):
+    """
+    C{(code, reason)} from a WS_CLOSE payload (C{(None, "")} when empty).
+
+    @raise FrameError: a payload of one byte.
+    """
+    if not payload:
+        return None, ""
+    if len(payload) < 2:
+        raise FrameError("a websocket close needs a 2-byte code")
+    (code,) = struct.unpack_from(">H", payload)
+    return code, bytes(payload[2:]).decode("utf-8", "replace")
 
 
 def decode_head(payload):

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from . import frames
-from .frames import DATA, FIN, HEAD, MORE, RESET, SYN, TEXT, WINDOW_UPDATE, WS
+from .frames import DATA, FIN, HEAD, MORE, RESET, SYN, TEXT, WINDOW_UPDATE, WS, WS_CLOSE
 
 INITIAL_WINDOW = 256 * 1024
 MAX_FRAME = 64 * 1024
@@ -50,6 +50,12 @@ class IStreamHandler(Interface):
     def end_received():
         """
         The other side has sent everything (FIN).
+        """
+
+    def ws_closed(code, reason):
+        """
+        The other side's websocket closed with C{code} (L{None}: no code)
+        and C{reason}; it sends nothing more.
         """
 
     def reset_received(reason):
@@ -94,6 +100,7 @@ class Stream:
         self.closed = False
         self._ws_parts = []
         self._ws_size = 0
+        self._pregranted = 0  # credit given for parts of a message not yet whole
 
     # -- sending -------------------------------------------------------------
 
@@ -143,6 +150,21 @@ class Stream:
         for start in range(0, len(payload), size):
             more = MORE if start + size < len(payload) else 0
             self._send_or_queue(WS, text | more, payload[start:start + size])
+
+    def close_ws(self, code=None, reason=""):
+        """
+        This side's websocket closed: send WS_CLOSE (after what is queued);
+        nothing more is sent.
+        """
+        if self.closed or self.sent_fin:
+            return
+        self.sent_fin = True
+        frame = frames.encode_close(self.id, code, reason)
+        if self._queue:
+            self._queue.append((WS_CLOSE, FIN, frame[frames.HEADER_SIZE:]))
+        else:
+            self.session._send(frame)
+            self.session._maybe_forget(self)
 
     def finish(self):
         """
@@ -208,6 +230,11 @@ class Stream:
         C{size} bytes received on this stream have been passed on: grant
         them back (in batches of a quarter window).
         """
+        pregranted = min(self._pregranted, size)
+        self._pregranted -= pregranted
+        self._grant(size - pregranted)
+
+    def _grant(self, size):
         if self.closed or size <= 0 or self.received_fin:
             return  # nothing more will come: no credit needed
         self._unacked += size
@@ -237,6 +264,16 @@ class Stream:
             if fin:
                 self.session._maybe_forget(self)
             return
+        if kind == WS_CLOSE:
+            try:
+                code, reason = frames.decode_close(payload)
+            except frames.FrameError as e:
+                self.session._violation(self, str(e))
+                return
+            self.received_fin = True
+            self.handler.ws_closed(code, reason)
+            self.session._maybe_forget(self)
+            return
         size = len(payload)
         self._recv_window -= size
         if self._recv_window < 0:
@@ -256,7 +293,12 @@ class Stream:
         if self._ws_size > self.session.max_ws_message:
             self.session._violation(self, "websocket message over the limit")
             return
-        if not flags & MORE:
+        if flags & MORE:
+            # A message larger than the window must not stall: its parts
+            # are held here (bounded by max_ws_message), so grant them now.
+            self._grant(size)
+            self._pregranted += size
+        else:
             message = b"".join(self._ws_parts)
             self._ws_parts = []
             self._ws_size = 0
