@@ -157,6 +157,13 @@ def _valid_name(name):
     return True
 
 
+def is_header_name(name):
+    """
+    Whether C{name} (L{str}) is a valid HTTP header name (an RFC 7230 token).
+    """
+    return _valid_name(name)
+
+
 def _clean(value):
     if "\r" in value or "\n" in value:
         value = value.replace("\r", " ").replace("\n", " ")

@@ -25,6 +25,7 @@ from ..endpoints import client_endpoint, verifying_tls
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
+from .rewrite import LocalRewrite
 from .urls import local_url
 
 # What the client never forwards to the local service: Agent writes Host and
@@ -174,7 +175,7 @@ class LocalForwarder:
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
-                 pool_size=64, clock=None):
+                 pool_size=64, clock=None, rewrite=None):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -182,6 +183,8 @@ class LocalForwarder:
             )
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
+        #: headers and Host the operator adds (L{LocalRewrite})
+        self.rewrite = rewrite if rewrite is not None else LocalRewrite()
         self._origin = "{}://{}".format(parts.scheme, parts.netloc)
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
@@ -217,6 +220,7 @@ class LocalForwarder:
             headers = Headers()
             for name, values in wire_to_pairs(message.headers, _DROP_FROM_REQUEST):
                 headers.setRawHeaders(name, values)
+            self.rewrite.apply_to_headers(headers)
             body = message.body
             producer = (
                 None

@@ -19,6 +19,7 @@ from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
 from ..wsutil import SendBufferWatch, close_websocket, is_open
+from .rewrite import LocalRewrite
 from .streamed_ws import StreamedLocal, StreamHead
 from .urls import local_url
 
@@ -178,7 +179,8 @@ class LocalWebSockets:
     _log = Logger()
 
     def __init__(self, reactor, local_url, send, features, timeout=25.0,
-                 max_message_size=512000, backpressure=None, tls_options=None):
+                 max_message_size=512000, backpressure=None, tls_options=None,
+                 rewrite=None):
         parts = urlsplit(local_url)
         self._reactor = reactor
         self._secure = parts.scheme in ("https", "wss")
@@ -193,6 +195,7 @@ class LocalWebSockets:
         self.max_buffered = max(4 * max_message_size, 4 * 1024 * 1024)
         self._backpressure = backpressure
         self._tls_options = tls_options
+        self._rewrite = rewrite if rewrite is not None else LocalRewrite()
         self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
         self._streamed = {}  # stream id -> its Stream, for websockets on streams
 
@@ -230,9 +233,17 @@ class LocalWebSockets:
         headers, useragent, origin, protocols = handshake_fields(message.headers)
         try:
             factory = _LocalFactory(
-                url=self.url_for(message), headers=headers, protocols=protocols,
-                origin=origin, useragent=useragent, reactor=self._reactor,
+                url=self.url_for(message), headers=self._rewrite.apply_to_dict(headers),
+                protocols=protocols, origin=origin, useragent=useragent,
+                reactor=self._reactor,
             )
+            if self._rewrite.host is not None:
+                # Autobahn writes "Host: <host>:<port>" from these.
+                host, _, port = self._rewrite.host.rpartition(":")
+                if port.isdigit() and host:
+                    factory.host, factory.port = host, int(port)
+                else:
+                    factory.host = self._rewrite.host
         except Exception as e:
             self._answer(stream_id, False, "bad websocket request: {}".format(e))
             return

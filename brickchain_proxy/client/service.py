@@ -19,6 +19,7 @@ from ..endpoints import client_endpoint
 from ..identity import ClientKey
 from ..mandate_tokens import WRONG_ENDPOINT
 from .forward import LocalForwarder
+from .rewrite import LocalRewrite
 from .tunnel import TunnelClientFactory
 
 
@@ -168,7 +169,8 @@ class TunnelClientService(service.MultiService):
     def __init__(self, reactor, proxy_url, local_url, key_path,
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
-                 max_delay=30.0, ca_cert=None, features=None):
+                 max_delay=30.0, ca_cert=None, features=None, local_headers=(),
+                 local_host=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.proxy_url = proxy_url
@@ -183,7 +185,8 @@ class TunnelClientService(service.MultiService):
         #: the extensions offered to the proxy (default: all we speak)
         self.features = features
         self.forwarder = LocalForwarder(
-            reactor, local_url, timeout=local_timeout, max_body=max_body
+            reactor, local_url, timeout=local_timeout, max_body=max_body,
+            rewrite=LocalRewrite(local_headers, local_host),
         )
         self.registration = None
         self.public_url = None

@@ -137,6 +137,7 @@ class LocalStreamedRequest:
             if type(wire) is dict:
                 for name, values in wire_to_pairs(wire, _DROP_FROM_REQUEST):
                     headers.setRawHeaders(name, values)
+            self._forwarder.rewrite.apply_to_headers(headers)
             length = head.get("length")
             if type(length) is not int or length < 0:
                 length = None

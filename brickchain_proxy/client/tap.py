@@ -42,10 +42,28 @@ class Options(usage.Options):
          "PEM file of the CA certificate(s) to verify an https proxy with "
          "(a private CA); by default the system's trust store is used. The "
          "proxy's hostname is always verified."],
+        ["local-host", None, None,
+         "The Host header sent to the local service [default: the --local "
+         "URL's host]."],
         ["max-body", None, 512000,
          "Largest local response body forwarded, in bytes; larger ones are "
          "answered 502.", positive(int)],
     ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["local-headers"] = []
+
+    def opt_local_header(self, text):
+        """
+        "Name: value": add (or replace) this request header on every request and websocket sent to the local service (repeatable), e.g. an access token.
+        """  # noqa: E501 (one line: twistd --help wraps it itself)
+        from .rewrite import parse_local_header
+
+        try:
+            self["local-headers"].append(parse_local_header(text))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
 
     def postOptions(self):
         try:
@@ -84,4 +102,6 @@ def makeService(config, reactor=None):
         local_timeout=config["local-timeout"],
         max_body=config["max-body"],
         ca_cert=config["ca-cert"],
+        local_headers=config["local-headers"],
+        local_host=config["local-host"],
     )

@@ -87,6 +87,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 timeout=factory.forwarder.timeout,
                 max_message_size=factory.forwarder.max_body,
                 backpressure=self.backpressure,
+                rewrite=factory.forwarder.rewrite,
             )
             request = RegistrationRequest(
                 mandate_token=factory.key.sign_mandate_token(
