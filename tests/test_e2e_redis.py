@@ -292,11 +292,11 @@ class CrossInstanceHttpTests(_RedisCluster, TestCase):
         """
         _, b = await self.two_instances()
 
-        response, body = await self.fetch(
-            b.tunnel_url("nosuchtunnel", "/"))
+        unknown = "n" * 52
+        response, body = await self.fetch(b.tunnel_url(unknown, "/"))
 
         self.assertEqual((response.code, body),
-                         (502, b"tunnel nosuchtunnel is not connected\n"))
+                         (502, b"tunnel %s is not connected\n" % unknown.encode()))
 
     async def test_same_instance_path_never_publishes(self):
         """

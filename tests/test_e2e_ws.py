@@ -294,8 +294,9 @@ class HandshakeTests(_WebSocketFixture, TestCase):
     async def test_unknown_tunnel_is_a_502_at_once(self):
         """A websocket for a tunnel nobody holds gets 502 naming that tunnel."""
         tunnel = await self.start_tunnel()
-        response = await raw_upgrade(tunnel.port, "/proxy/request/nosuchtunnel/echo")
-        self.assertPlainText(response, 502, "tunnel nosuchtunnel is not connected")
+        unknown = "n" * 52
+        response = await raw_upgrade(tunnel.port, "/proxy/request/{}/echo".format(unknown))
+        self.assertPlainText(response, 502, "tunnel {} is not connected".format(unknown))
 
     async def test_rate_limit_is_a_429_with_retry_after(self):
         """Over the tunnel's rate limit a websocket upgrade gets 429 with Retry-After, before any upgrade."""

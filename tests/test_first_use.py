@@ -204,3 +204,49 @@ class SetBaseTests(TestCase):
         self.assertTrue(verifier.accepts_uri("http://c.test"))
         self.assertTrue(verifier.accepts_uri("http://b.test"))
         self.assertFalse(verifier.accepts_uri("http://a.test"))
+
+
+class NotATunnelTests(TestCase):
+    """
+    Ids that cannot be clientIDs, and hosts under the domain that are not
+    <clientID>.<domain>, are answered at once and never reach the rate
+    limiter (so a flood of random names creates nothing).
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.proxy, self.port, _ = yield start_proxy(self)
+        self.http = visitor(self)
+
+    @defer.inlineCallbacks
+    def get(self, path, host=None):
+        headers = {b"Host": [host]} if host else None
+        response = yield self.http.get("http://127.0.0.1:{}{}".format(self.port, path),
+                                       headers=headers)
+        body = yield response.content()
+        return response.code, body
+
+    @defer.inlineCallbacks
+    def test_malformed_ids_are_404_without_a_rate_limit_bucket(self):
+        """Path ids that are not 52 base32 characters get 404 in words; the limiter is never asked."""
+        for name in ["nosuchtunnel", "a" * 51, "a" * 53, "1" * 52, "A%2F" + "a" * 48]:
+            code, body = yield self.get("/proxy/request/{}/x".format(name))
+            self.assertEqual(code, 404, name)
+            self.assertIn(b"52 characters of base32", body)
+        self.assertEqual(len(self.proxy.local_limiter), 0)
+
+    @defer.inlineCallbacks
+    def test_hosts_under_the_domain_that_are_not_tunnels_are_400(self):
+        """'...localhost', 'a.b.localhost' or a short label never reach the proxy's own pages: 400."""
+        for host in [b"...localhost", b"a.b.localhost", b"www.localhost", b".localhost"]:
+            code, body = yield self.get("/", host=host)
+            self.assertEqual(code, 400, host)
+            self.assertNotIn(b"brickchain-proxy", body)
+        self.assertEqual(len(self.proxy.local_limiter), 0)
+
+    @defer.inlineCallbacks
+    def test_the_domain_itself_serves_the_proxys_pages(self):
+        """Host <domain> (no tunnel label) still gets the proxy's own page."""
+        code, body = yield self.get("/", host=b"localhost")
+        self.assertEqual(code, 200)
+        self.assertIn(b"brickchain-proxy", body)

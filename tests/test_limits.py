@@ -319,12 +319,21 @@ class HostSyntaxTests(_LimitFixture, TestCase):
 
     async def test_unknown_but_valid_label_gets_502(self):
         """
-        A valid 63-character label naming no tunnel is a 502, not a 400.
+        A well-formed clientID naming no tunnel is a 502, not a 400.
+        """
+        _, port, _ = await start_proxy(self)
+        self.assertEqual(
+            await self.status_for_host(port, "a" * 52 + ".localhost:{}".format(port)),
+            502)
+
+    async def test_valid_label_that_cannot_be_a_client_id_gets_400(self):
+        """
+        A DNS label under the domain that is not 52 base32 characters is a 400.
         """
         _, port, _ = await start_proxy(self)
         self.assertEqual(
             await self.status_for_host(port, "a" * 63 + ".localhost:{}".format(port)),
-            502)
+            400)
 
 
 class IdleTimeoutTests(_LimitFixture, TestCase):

@@ -253,3 +253,10 @@ class StreamedPublicTests(SynchronousTestCase):
         answer = refused.answer()
         self.assertEqual(answer.status, 429)
         self.assertEqual(answer.header(b"retry-after"), [b"51"])
+
+    def test_absurd_content_length_opens_no_stream(self):
+        """A Content-Length too large for any body (2^64 and up) opens no stream and breaks nothing (the buffered path refuses it with 413)."""
+        visitor = self.visit(b"POST", headers=[(b"Content-Length", b"99999999999999999999")])
+        self.assertEqual(self.tunnel.ends, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        visitor.close()

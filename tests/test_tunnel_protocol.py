@@ -23,6 +23,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
+from brickchain_proxy.client.rewrite import LocalRewrite
 from brickchain_proxy.client.tunnel import (
     RegistrationFailed,
     TunnelClientFactory,
@@ -577,6 +578,7 @@ class FakeForwarder:
 
     timeout = 25.0
     max_body = 512000
+    rewrite = LocalRewrite()
 
 
 class ClientProtocolTestCase(TestCase):

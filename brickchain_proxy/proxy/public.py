@@ -27,6 +27,10 @@ from .visitor_ws import accept_visitor
 _DROP_FROM_REQUEST = frozenset(["host", "expect"])
 _DROP_FROM_RESPONSE = frozenset(["content-length"])
 _DROP_FROM_HEAD_RESPONSE = frozenset()
+#: A Content-Length this large (Twisted accepts any) does not fit a head's
+#: JSON number: the buffered path answers it with 413.
+_MAX_STREAM_LENGTH = 2 ** 53
+
 #: The access log.  Module-level: as a class attribute, Logger.__get__
 #: would rename its namespace after the class.
 _ACCESS = Logger(namespace="brickproxy.access")
@@ -91,7 +95,8 @@ class PublicTunnel:
             return None
         if self.in_flight.get(client_id, 0) >= self.max_pending:
             return None
-        if self.max_stream_body and length is not None and length > self.max_stream_body:
+        if length is not None and (length >= _MAX_STREAM_LENGTH or (
+                self.max_stream_body and length > self.max_stream_body)):
             return None  # 413 from the buffered path, without reading it
         request.method, request.uri, request.clientproto = method, uri, version
         if self.access_log:

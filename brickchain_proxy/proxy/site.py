@@ -23,8 +23,16 @@ from ..endpoints import no_delay
 from .plain import finish_plain, plain
 from .public import PublicTunnel
 
-# One DNS label: letters, digits and inner hyphens, 1 to 63 characters.
-_DNS_LABEL = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# A clientID: lower-case base32 of a SHA-256, without padding.
+_CLIENT_ID = re.compile(r"\A[a-z2-7]{52}\Z")
+
+
+def is_client_id(text):
+    """
+    Whether C{text} (L{str}, lower case) can be a clientID: 52 characters
+    of base32 (the only ids a tunnel registers with).
+    """
+    return _CLIENT_ID.match(text) is not None
 #: What Root.tunnel_for_host returns for a malformed tunnel hostname.
 INVALID_HOST = object()
 
@@ -207,6 +215,8 @@ class PathRouter(Resource):
     def getChild(self, name, request):
         if not name:
             return PlainError(404, "no tunnel named: use /proxy/request/<clientID>/...")
+        if not is_client_id(name.decode("latin-1").lower()):
+            return _NOT_A_TUNNEL
         raw_path = request.uri.partition(b"?")[0]
         # ["", "proxy", "request", "<id>", "rest..."]
         parts = raw_path.split(b"/", 4)
@@ -257,6 +267,8 @@ class PlainError(Resource):
 
 
 _NOT_FOUND = PlainError(404, "not found on this proxy")
+_NOT_A_TUNNEL = PlainError(
+    404, "no such tunnel: a clientID is 52 characters of base32 (a-z, 2-7)")
 
 
 class Directory(Resource):
@@ -318,9 +330,12 @@ class Root(Resource):
                 return client_id, raw_path
         parts = raw_path.split(b"/", 4)
         # ["", "proxy", "request", "<id>", "rest..."]
-        if len(parts) >= 4 and parts[1] == b"proxy" and parts[2] == b"request" and parts[3]:
+        if len(parts) >= 4 and parts[1] == b"proxy" and parts[2] == b"request":
+            client_id = parts[3].decode("latin-1").lower()
+            if not is_client_id(client_id):
+                return None
             rest = b"/" + parts[4] if len(parts) == 5 else b"/"
-            return parts[3].decode("utf-8", "replace").lower(), rest
+            return client_id, rest
         return None
 
     def tunnel_for_host(self, host):
@@ -337,10 +352,11 @@ class Root(Resource):
         suffix = self._suffix
         if not host.endswith(suffix):
             return None
+        # Anything under the domain names a tunnel or nothing: it never
+        # falls through to the proxy's own pages, and an id that cannot be
+        # one is refused before the limiter or the directory see it.
         label = host[: -len(suffix)]
-        if not label or "." in label:
-            return None
-        if _DNS_LABEL.match(label) is None:
+        if not is_client_id(label):
             return INVALID_HOST
         return label
 
