@@ -245,6 +245,17 @@ class NotATunnelTests(TestCase):
         self.assertEqual(len(self.proxy.local_limiter), 0)
 
     @defer.inlineCallbacks
+    def test_unknown_well_formed_ids_cost_no_rate_limit_bucket(self):
+        """Well-formed ids nobody holds get 502 at once, by path and by host, and create no bucket."""
+        for n, letter in enumerate("bcdefg"):
+            unknown = letter * 52
+            code, body = yield self.get(
+                "/proxy/request/{}/x".format(unknown) if n % 2 else "/x",
+                host=None if n % 2 else (unknown + ".localhost").encode())
+            self.assertEqual((code, body), (502, b"tunnel %s is not connected\n" % unknown.encode()))
+        self.assertEqual(len(self.proxy.local_limiter), 0)
+
+    @defer.inlineCallbacks
     def test_the_domain_itself_serves_the_proxys_pages(self):
         """Host <domain> (no tunnel label) still gets the proxy's own page."""
         code, body = yield self.get("/", host=b"localhost")

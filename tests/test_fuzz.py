@@ -984,6 +984,9 @@ class AnsweringHub:
     #: no tunnel is held here: every request takes the v1 path
     local = {}
 
+    def tunnel_known(self, client_id):
+        return succeed(True)
+
     def __init__(self, response, features):
         self.response = response
         self.features = features

@@ -26,7 +26,7 @@ C{websockets}.
 
 import uuid
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, succeed
 from twisted.logger import Logger
 
 from ..bus import envelope
@@ -197,6 +197,22 @@ class TunnelHub:
         if connection is None:
             return SUPPORTED
         return connection.features
+
+    def tunnel_known(self, client_id):
+        """
+        Whether some instance holds C{client_id}, as far as can be told:
+        L{True} at once for a tunnel here, else what the directory says
+        (L{True} too when the directory cannot be asked: the request then
+        gets its 503 from L{request}).
+
+        @return: a L{Deferred} of a L{bool}.
+        """
+        if client_id in self.local:
+            return succeed(True)
+        d = self._directory.lookup(client_id)
+        d.addCallbacks(lambda owner: owner is not None and owner != self.instance_id,
+                       lambda f: True)
+        return d
 
     def backpressure_for(self, client_id):
         """

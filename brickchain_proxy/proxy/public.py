@@ -138,10 +138,27 @@ class PublicTunnel:
                 "request body is larger than the proxy's limit of {} bytes\n"
                 .format(self._max_body),
             )
+        # A tunnel nobody holds costs nothing: no rate-limit bucket (nor,
+        # on Redis, a key) for names a stranger makes up.
+        known = self._hub.tunnel_known(client_id)
+        known.addCallback(self._check_limit, request, client_id, raw_path)
+        known.addErrback(self._internal_error, request)
+        return server.NOT_DONE_YET
+
+    def _check_limit(self, known, request, client_id, raw_path):
+        if visitor_gone(request):
+            return
+        if not known:
+            if is_websocket_upgrade(request):
+                # The visitor expected to switch protocols: end it here.
+                request.setHeader(b"Connection", b"close")
+                if request.channel is not None:
+                    request.channel.persistent = False
+            finish_plain(request, 502, "tunnel {} is not connected\n".format(client_id))
+            return
         decided = self._limiter.check(client_id)
         decided.addCallback(self._after_limit, request, client_id, raw_path)
         decided.addErrback(self._internal_error, request)
-        return server.NOT_DONE_YET
 
     def _after_limit(self, wait, request, client_id, raw_path):
         if wait is not None:
