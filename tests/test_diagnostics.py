@@ -39,6 +39,11 @@ class FailureLoggingTests(TestCase):
         from brickchain_proxy.ratelimit import TokenBucketLimiter
 
         class Hub:
+            local = {}
+
+            def tunnel_known(self, client_id):
+                return defer.succeed(True)
+
             def encoding_features(self, client_id):
                 return frozenset()
 
