@@ -40,6 +40,13 @@ from .relay import RelayTable, adapt_to
 from .visitors import VisitorStreams
 
 
+def _maybe_known(failure):
+    # The directory cannot be asked: let the request try (and get its 503);
+    # any other failure is a bug, and goes on.
+    failure.trap(BusUnavailable)
+    return True
+
+
 def instance_channel(instance_id):
     """
     The bus channel an instance listens on.
@@ -211,7 +218,7 @@ class TunnelHub:
             return succeed(True)
         d = self._directory.lookup(client_id)
         d.addCallbacks(lambda owner: owner is not None and owner != self.instance_id,
-                       lambda f: True)
+                       _maybe_known)
         return d
 
     def backpressure_for(self, client_id):

@@ -202,6 +202,16 @@ class TunnelResource(Resource):
         return self._tunnel.forward(request, client_id, raw_path)
 
 
+def _rest_of_path(raw_path):
+    """
+    What the tunnel sees of C{/proxy/request/<clientID><rest>}: C{<rest>},
+    or C{/}.
+    """
+    # ["", "proxy", "request", "<id>", "rest..."]
+    parts = raw_path.split(b"/", 4)
+    return b"/" + parts[4] if len(parts) == 5 else b"/"
+
+
 class PathRouter(Resource):
     """
     C{/proxy/request/<clientID>/<path>}: the next path segment names the
@@ -217,11 +227,8 @@ class PathRouter(Resource):
             return PlainError(404, "no tunnel named: use /proxy/request/<clientID>/...")
         if not is_client_id(name.decode("latin-1").lower()):
             return _NOT_A_TUNNEL
-        raw_path = request.uri.partition(b"?")[0]
-        # ["", "proxy", "request", "<id>", "rest..."]
-        parts = raw_path.split(b"/", 4)
-        rest = b"/" + parts[4] if len(parts) == 5 else b"/"
-        request.tunnel_route = (name.decode("utf-8", "replace").lower(), rest)
+        request.tunnel_route = (name.decode("latin-1").lower(),
+                                _rest_of_path(request.uri.partition(b"?")[0]))
         return self._tunnel_resource
 
     def render(self, request):
@@ -329,13 +336,10 @@ class Root(Resource):
             if client_id is not None:
                 return client_id, raw_path
         parts = raw_path.split(b"/", 4)
-        # ["", "proxy", "request", "<id>", "rest..."]
         if len(parts) >= 4 and parts[1] == b"proxy" and parts[2] == b"request":
             client_id = parts[3].decode("latin-1").lower()
-            if not is_client_id(client_id):
-                return None
-            rest = b"/" + parts[4] if len(parts) == 5 else b"/"
-            return client_id, rest
+            if is_client_id(client_id):
+                return client_id, _rest_of_path(raw_path)
         return None
 
     def tunnel_for_host(self, host):
