@@ -18,6 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from brickchain_proxy.bus import BusUnavailable
 from brickchain_proxy.client.service import TunnelClientService
+from brickchain_proxy.proxy.hub import instance_channel, parse_holder
 from tests.redis_server import (
     LoadBalancer,
     ProcessWatcher,
@@ -112,7 +113,8 @@ class _RedisCluster:
         The instance id the directory names for C{client_id}, asked
         through C{instance}'s connection.
         """
-        return await instance.proxy.backend.directory.lookup(client_id)
+        holder = await instance.proxy.backend.directory.lookup(client_id)
+        return None if holder is None else parse_holder(holder)[0]
 
     async def wait_for_owner(self, instance, client_id, owner_id,
                              timeout=RECOVERY):
@@ -326,9 +328,12 @@ class CrossInstanceHttpTests(_RedisCluster, TestCase):
         self.assertEqual(after, before)
 
         await self.get_ok(b.tunnel_url(client_id, "/echo?via=b"))
-        self.assertEqual(len(published), 1)  # A's answer to B
+        # A's answer to B: the frames of its stream (head, body, end).
+        self.assertTrue(published)
+        self.assertEqual(set(published), {instance_channel(b.instance_id)})
         crossed = await command_calls(a.proxy.backend, "publish", "get")
-        self.assertEqual(crossed["publish"] - after["publish"], 2)
+        # ... and B's one frame (a GET's head ends its side of the stream).
+        self.assertEqual(crossed["publish"] - after["publish"], len(published) + 1)
         self.assertEqual(len(self.local.requests), 51)
 
     async def test_shared_rate_limit_holds_across_instances(self):

@@ -987,6 +987,9 @@ class AnsweringHub:
     def tunnel_known(self, client_id):
         return succeed(True)
 
+    def remote_tunnel(self, client_id):
+        return succeed(None)  # not over streams: the v1 path
+
     def __init__(self, response, features):
         self.response = response
         self.features = features

@@ -277,7 +277,8 @@ class RemoteStreamTests(_HubFlowTestCase):
         self.assertEqual(self.visitor.lost, [])  # A still listens
         # A dies without a word: its subscription is simply gone.
         self.hubs.remove(self.a)
-        self.a._bus.unsubscribe(self.a._channel, self.a._bus_received)
+        for channel in self.a._channels:
+            self.a._bus.unsubscribe(channel, self.a._bus_received)
         self.a.relays.clear()
         self.b.websockets.probe_remote()
         self.pump()

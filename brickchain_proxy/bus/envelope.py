@@ -12,6 +12,8 @@ untouched -- it is never decoded or re-encoded on the way::
     F <message_id> <reason>                            that request or stream failed
     K <client_id> <new_instance>                       you lost this tunnel
     P                                                  are you there? (no answer)
+    O <client_id> <from_instance> <frame>              a stream frame for a tunnel
+    V <client_id> <from_instance> <frame>              a stream frame for a visitor
 
 L{encode} and L{decode} are the only places that know this layout; every
 field but the raw message and the reason is ASCII without newlines.
@@ -102,6 +104,31 @@ class Probe:
     """
 
 
+@attr.s(slots=True, frozen=True)
+class TunnelFrame:
+    """
+    A stream frame (L{brickchain_proxy.streams.frames}) from a visitor on
+    instance C{origin}, for tunnel C{client_id} held by the receiver; its
+    stream id is the one C{origin} chose.
+    """
+
+    client_id = attr.ib()
+    origin = attr.ib()
+    frame = attr.ib()
+
+
+@attr.s(slots=True, frozen=True)
+class VisitorFrame:
+    """
+    A stream frame from tunnel C{client_id}, held by instance C{origin},
+    for a visitor on the receiver; its stream id is the receiver's.
+    """
+
+    client_id = attr.ib()
+    origin = attr.ib()
+    frame = attr.ib()
+
+
 _PROBE = b"P"
 
 
@@ -153,6 +180,12 @@ def encode(envelope):
     if kind is TakenOver:
         return b"K\n%s\n%s" % (_ascii(envelope.client_id, "client id"),
                                _ascii(envelope.new_instance, "instance id"))
+    if kind is TunnelFrame or kind is VisitorFrame:
+        return b"%s\n%s\n%s\n%s" % (
+            b"O" if kind is TunnelFrame else b"V",
+            _ascii(envelope.client_id, "client id"),
+            _ascii(envelope.origin, "instance id"),
+            _raw(envelope.frame))
     if kind is Probe:
         return _PROBE
     raise EnvelopeError("not an envelope: {!r}".format(kind))
@@ -207,6 +240,10 @@ def decode(data):
         _, client_id, new_instance = _split(data, 2, "K")
         return TakenOver(_field(client_id, "client id"),
                          _field(new_instance, "instance id"))
+    if kind == b"O" or kind == b"V":
+        _, client_id, origin, frame = _split(data, 3, kind.decode())
+        return (TunnelFrame if kind == b"O" else VisitorFrame)(
+            _field(client_id, "client id"), _field(origin, "instance id"), frame)
     if data == _PROBE:
         return Probe()
     raise EnvelopeError("unknown envelope kind {!r}".format(kind))

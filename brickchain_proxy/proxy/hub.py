@@ -22,6 +22,13 @@ in L{brickchain_proxy.proxy.relay}.
 
 Visitor websockets ("streams") are L{visitors.VisitorStreams}, the hub's
 C{websockets}.
+
+A tunnel whose connection speaks the stream layer is recorded in the
+directory under its instance's *streams holder* (the instance id with
+L{STREAMS_HOLDER_SUFFIX}), which the instance listens on too: any instance
+can then tell from one lookup that the tunnel's streams can reach it
+(L{remote_streams}, relayed there by L{stream_relay}), and an instance that
+does not know the suffix still reaches it.
 """
 
 import uuid
@@ -37,7 +44,12 @@ from ..errors import RemoteFailure, TunnelOffline
 from ..features import SUPPORTED
 from ..messages import MessageError, WSMessage, WSTeardown, decode
 from .relay import RelayTable, adapt_to
+from .remote_streams import RemoteTunnels
+from .stream_relay import StreamRelays
 from .visitors import VisitorStreams
+
+#: Appended to an instance id in the directory: the tunnel speaks streams.
+STREAMS_HOLDER_SUFFIX = "+streams"
 
 
 def _maybe_known(failure):
@@ -54,6 +66,16 @@ def instance_channel(instance_id):
     return "brickproxy:instance:" + instance_id
 
 
+def parse_holder(holder):
+    """
+    The instance id and whether the tunnel speaks streams, from a
+    directory entry (L{STREAMS_HOLDER_SUFFIX}).
+    """
+    if holder.endswith(STREAMS_HOLDER_SUFFIX):
+        return holder[:-len(STREAMS_HOLDER_SUFFIX)], True
+    return holder, False
+
+
 class TunnelHub:
     """
     @ivar local: clientID -> connection, for the tunnels this instance holds.
@@ -62,12 +84,16 @@ class TunnelHub:
     @ivar streams: stream id -> L{Stream}, their table.
     @ivar relays: the requests and websockets this instance relays for
         other instances (L{RelayTable}).
+    @ivar relayed_streams: the streams this instance relays between its
+        tunnels and other instances' visitors (L{StreamRelays}).
+    @ivar remote_tunnels: the streams of visitors here to tunnels held
+        elsewhere (L{RemoteTunnels}).
     """
 
     _log = Logger()
 
     def __init__(self, reactor, bus, directory, request_timeout=30.0,
-                 instance_id=None):
+                 instance_id=None, stream_idle_timeout=300.0):
         self._reactor = reactor
         self._bus = bus
         self._directory = directory
@@ -80,24 +106,44 @@ class TunnelHub:
         # The asking instance gives up after request_timeout; a little later
         # its relay here is forgotten too.
         self.relays = RelayTable(reactor, request_timeout + 5)
-        self._channel = instance_channel(self.instance_id)
+        self.relayed_streams = StreamRelays(self, reactor, stream_idle_timeout)
+        self.remote_tunnels = RemoteTunnels(self.instance_id, self.publish,
+                                            self._instance_gone)
+        self._channels = [instance_channel(self.instance_id),
+                          instance_channel(self.instance_id + STREAMS_HOLDER_SUFFIX)]
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self):
         """
-        Listen on this instance's bus channel.
+        Listen on this instance's bus channels.
         """
-        return self._bus.subscribe(self._channel, self._bus_received)
+        plain, streams = self._channels
+        d = self._bus.subscribe(plain, self._bus_received)
+        d.addCallback(lambda _: self._bus.subscribe(streams, self._bus_received))
+        return d
 
     def stop(self):
         """
         Stop listening, fail everything still pending, forget tunnels.
         """
         self.relays.clear()
+        self.relayed_streams.clear()
+        self.remote_tunnels.clear("the proxy is stopping")
         for connection in set(self.local.values()):
             self.connection_lost(connection)
-        return self._bus.unsubscribe(self._channel, self._bus_received)
+        plain, streams = self._channels
+        d = self._bus.unsubscribe(streams, self._bus_received)
+        d.addCallback(lambda _: self._bus.unsubscribe(plain, self._bus_received))
+        return d
+
+    def holder(self, connection):
+        """
+        What the directory records for a tunnel C{connection} carries here.
+        """
+        if getattr(connection, "streams", None) is not None:
+            return self.instance_id + STREAMS_HOLDER_SUFFIX
+        return self.instance_id
 
     # -- tunnels -----------------------------------------------------------
 
@@ -117,10 +163,10 @@ class TunnelHub:
                 client_id=client_id,
             )
             old.tunnel_taken_over(client_id)
-        d = self._directory.claim(client_id, self.instance_id)
+        d = self._directory.claim(client_id, self.holder(connection))
 
         def claimed(previous):
-            if previous is not None and previous != self.instance_id:
+            if previous is not None and parse_holder(previous)[0] != self.instance_id:
                 return self._bus.publish(
                     instance_channel(previous),
                     envelope.encode(envelope.TakenOver(client_id, self.instance_id)),
@@ -138,7 +184,7 @@ class TunnelHub:
         """
         if self.local.get(client_id) is connection:
             del self.local[client_id]
-            d = self._directory.release(client_id, self.instance_id)
+            d = self._directory.release(client_id, self.holder(connection))
             d.addErrback(self._directory_failed,
                          "could not remove tunnel {client_id} from the directory",
                          client_id)
@@ -172,7 +218,7 @@ class TunnelHub:
         Renew this instance's directory entries (for directories with a TTL).
         """
         for client_id, connection in list(self.local.items()):
-            d = self._directory.renew(client_id, self.instance_id)
+            d = self._directory.renew(client_id, self.holder(connection))
 
             def renewed(ours, client_id=client_id, connection=connection):
                 if not ours and self.local.get(client_id) is connection:
@@ -217,8 +263,43 @@ class TunnelHub:
         if client_id in self.local:
             return succeed(True)
         d = self._directory.lookup(client_id)
-        d.addCallbacks(lambda owner: owner is not None and owner != self.instance_id,
-                       _maybe_known)
+        d.addCallbacks(self._held_elsewhere, _maybe_known)
+        return d
+
+    def _instance_gone(self, client_id, instance):
+        # It died without releasing its tunnels: drop its stale entry.
+        self._log.info("tunnel {client_id}: instance {owner} is gone",
+                       client_id=client_id, owner=instance)
+        self._directory.release(client_id, instance + STREAMS_HOLDER_SUFFIX).addErrback(
+            lambda f: None)
+
+    def _held_elsewhere(self, holder):
+        return holder is not None and parse_holder(holder)[0] != self.instance_id
+
+    def remote_tunnel(self, client_id):
+        """
+        The tunnel C{client_id} as streams reach it on another instance.
+
+        @return: a L{Deferred} firing with its L{RemoteTunnel}, or L{None}
+            when no other instance holds it over a connection that speaks
+            streams, or the directory cannot be asked (the buffered path
+            then answers).
+        """
+        d = self._directory.lookup(client_id)
+
+        def found(holder):
+            if holder is None:
+                return None
+            instance, streams = parse_holder(holder)
+            if not streams or instance == self.instance_id:
+                return None
+            return self.remote_tunnels.get(client_id, instance)
+
+        def failed(failure):
+            failure.trap(BusUnavailable)
+            return None
+
+        d.addCallbacks(found, failed)
         return d
 
     def backpressure_for(self, client_id):
@@ -251,7 +332,7 @@ class TunnelHub:
 
     def _remote_request(self, client_id, message_id, raw, stream=None):
         def found(owner):
-            if owner is None or owner == self.instance_id:
+            if owner is None or parse_holder(owner)[0] == self.instance_id:
                 raise TunnelOffline(client_id)
             if stream is not None:
                 stream.owner = owner
@@ -380,10 +461,33 @@ class TunnelHub:
         if relay is not None:
             self._publish(relay.origin, envelope.Failed(message_id, reason))
 
+    def publish(self, instance, outgoing):
+        """
+        Publish the envelope C{outgoing} to C{instance} (an id or a holder).
+
+        @return: a L{Deferred} of the number of receivers, failing with
+            L{BusUnavailable}.
+        """
+        return self._bus.publish(instance_channel(instance), envelope.encode(outgoing))
+
     def _publish(self, instance, outgoing):
-        d = self._bus.publish(instance_channel(instance), envelope.encode(outgoing))
+        d = self.publish(instance, outgoing)
         d.addErrback(self._publish_failed)
         return d
+
+    def probe_remote(self):
+        """
+        Probe the instances that visitors here stream to, and those holding
+        the tunnels of v1 visitor websockets here.
+        """
+        self.websockets.probe_remote()
+        self.remote_tunnels.probe(lambda instance: self._publish(instance, envelope.Probe()))
+
+    def _tunnel_frame(self, frame):
+        self.relayed_streams.from_visitor(frame)
+
+    def _visitor_frame(self, frame):
+        self.remote_tunnels.received(frame)
 
     def _publish_failed(self, failure):
         if failure.check(BusUnavailable):
@@ -400,6 +504,8 @@ class TunnelHub:
         envelope.Failed: _remote_failed,
         envelope.TakenOver: _taken_over,
         envelope.Probe: _probe_received,
+        envelope.TunnelFrame: _tunnel_frame,
+        envelope.VisitorFrame: _visitor_frame,
     }
 
 

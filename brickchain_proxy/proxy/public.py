@@ -19,7 +19,7 @@ from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..messages import HttpRequest, encode
 from ..wsutil import is_websocket_upgrade
 from .plain import finish_plain, plain
-from .streamed import StreamedExchange
+from .streamed import FALL_BACK, StreamedExchange
 from .visitor_ws import accept_visitor
 
 # Host is this hop's; the proxy has read the whole body, so it answered any
@@ -91,7 +91,7 @@ class PublicTunnel:
         if self.shutting_down or is_websocket_upgrade(request):
             return None
         connection = self._hub.local.get(client_id)
-        if connection is None or getattr(connection, "streams", None) is None:
+        if connection is not None and getattr(connection, "streams", None) is None:
             return None
         if self.in_flight.get(client_id, 0) >= self.max_pending:
             return None
@@ -99,12 +99,29 @@ class PublicTunnel:
                 self.max_stream_body and length > self.max_stream_body)):
             return None  # 413 from the buffered path, without reading it
         request.method, request.uri, request.clientproto = method, uri, version
-        if self.access_log:
-            self._log_access(request, client_id)
         exchange = StreamedExchange(self, request, client_id, connection, raw_path,
                                     length)
-        exchange.start_when_allowed(self._limiter.check(client_id), method, uri)
-        return exchange
+        if connection is not None:
+            if self.access_log:
+                self._log_access(request, client_id)
+            decided = self._limiter.check(client_id)
+        else:
+            # Held elsewhere, maybe: streams cross the bus when the tunnel
+            # speaks them; if not (or nobody holds it), the exchange gives
+            # the request back to the buffered path.
+            decided = self._hub.remote_tunnel(client_id)
+            decided.addCallback(self._remote_found, exchange)
+        request.exchange = exchange
+        exchange.start_when_allowed(decided, method, uri)
+        return request.exchange
+
+    def _remote_found(self, remote, exchange):
+        if remote is None:
+            return FALL_BACK
+        exchange.connection = remote
+        if self.access_log:
+            self._log_access(exchange.request, exchange.client_id)
+        return self._limiter.check(exchange.client_id)
 
     def exchange_started(self, exchange):
         self.in_flight[exchange.client_id] = self.in_flight.get(exchange.client_id, 0) + 1

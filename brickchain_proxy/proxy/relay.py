@@ -13,6 +13,7 @@ instance.
 from urllib.parse import unquote
 
 import attr
+import orjson
 
 from ..features import BINARY_WS, MESSAGE_FEATURES, MULTI_HEADER, RAW_PATH, WS_CLOSE
 from ..headers import join_values
@@ -51,6 +52,27 @@ def adapt_to(features, raw):
         if WS_CLOSE not in features:
             message = WSTeardown(id=message.id, timestamp=message.timestamp)
     return encode(message)
+
+
+def adapt_head(features, head):
+    """
+    Adapt the head of a request stream that another instance encoded with
+    every extension (a dict) to the extensions C{features} of the tunnel's
+    connection, as L{adapt_to} does for a message.
+
+    @return: the head's JSON bytes.
+    """
+    url = head.get("url")
+    if RAW_PATH not in features and isinstance(url, str):
+        head["url"] = unquote(url, errors="replace")
+    headers = head.get("headers")
+    if MULTI_HEADER not in features and isinstance(headers, dict):
+        head["headers"] = {
+            name: join_values(name.lower(), value) if isinstance(value, list)
+            else value
+            for name, value in headers.items()
+        }
+    return orjson.dumps(head)
 
 
 @attr.s(slots=True)

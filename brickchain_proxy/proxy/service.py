@@ -126,7 +126,7 @@ class ProxyService(service.MultiService):
         self.backend = open_backend(bus_url, reactor)
         self.hub = TunnelHub(
             reactor, self.backend.bus, self.backend.directory,
-            request_timeout=request_timeout,
+            request_timeout=request_timeout, stream_idle_timeout=stream_idle_timeout,
         )
         self.local_limiter = TokenBucketLimiter(reactor, *rate_limit)
         self.limiter = self.backend.rate_limiter(self.local_limiter)
@@ -308,7 +308,7 @@ class ProxyService(service.MultiService):
     def _housekeeping(self):
         self.limiter.prune()
         self.hub.renew_all()
-        self.hub.websockets.probe_remote()
+        self.hub.probe_remote()
 
 
 def _ws_url(base):

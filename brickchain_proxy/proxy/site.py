@@ -50,17 +50,25 @@ class BoundedRequest(server.Request):
     #: the L{streamed.StreamedExchange} when the request goes on a stream
     exchange = None
 
+    _length = None
+    _request_line = None
+
     def gotLength(self, length):
         self.content = io.BytesIO()
-        site = self.channel.site
-        self.exchange = site.start_streamed(self, length)
+        self._length = length
+        # Sets self.exchange when the request goes on a stream (and puts it
+        # back to None if the stream turns out to be impossible at once).
+        self.channel.site.start_streamed(self, length)
         if self.exchange is not None:
             # The answer goes out in pieces as it arrives: no Nagle delay on
             # the last small one.
             no_delay(self.transport)
             return
-        max_body = site.max_body
-        if length is not None and length > max_body:
+        self._check_length()
+
+    def _check_length(self):
+        length = self._length
+        if length is not None and length > self.channel.site.max_body:
             self.body_too_large = True
 
     def requestReceived(self, command, path, version):
@@ -68,7 +76,23 @@ class BoundedRequest(server.Request):
             return server.Request.requestReceived(self, command, path, version)
         # A streamed request was answered from its head on: the body is
         # complete now, and there is nothing to render.
+        self._request_line = (command, path, version)
         self.exchange.body_complete()
+
+    def take_buffered_path(self, early_chunks):
+        """
+        The exchange gave this request back (its tunnel does not speak
+        streams after all): keep the body read so far (C{early_chunks}) and
+        the rest as the buffered path does, and render the request once it
+        is all in -- at once if it already is.
+        """
+        self.exchange = None
+        self._check_length()
+        for chunk in early_chunks:
+            self.handleContentChunk(chunk)
+        if self._request_line is not None:
+            command, path, version = self._request_line
+            server.Request.requestReceived(self, command, path, version)
 
     def processingFailed(self, reason):
         """
@@ -156,7 +180,9 @@ class PublicSite(server.Site):
     def start_streamed(self, request, length):
         """
         Put C{request} on a stream at once, if it is for a tunnel that
-        speaks streams; called when its headers are in.
+        speaks streams (or may be held elsewhere); called when its headers
+        are in.  The exchange is C{request.exchange} while it has the
+        request.
 
         @return: its L{streamed.StreamedExchange}, or L{None} (the request
             takes the buffered path, and is routed and rendered as usual).

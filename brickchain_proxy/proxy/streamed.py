@@ -7,8 +7,12 @@ visitor or a slow local service holds at most a window of memory here.
 
 L{StreamedExchange} is started by L{BoundedRequest.gotLength} (before
 twisted.web would have read the body) when the request is for a tunnel this
-instance holds over a connection that speaks streams; every other request
-takes the buffered v1 path of L{public.PublicTunnel}.
+instance holds over a connection that speaks streams, or for a tunnel this
+instance does not hold: then the directory says whether another instance
+holds it over streams (the stream crosses the bus,
+L{remote_streams.RemoteTunnel}); if not, the exchange gives the request back
+(L{FALL_BACK}) and it takes the buffered v1 path of L{public.PublicTunnel},
+like every other request.
 """
 
 from urllib.parse import unquote
@@ -22,10 +26,15 @@ from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..streams.session import CONNECTION_LOST, IStreamHandler, StreamError
 from .plain import finish_plain
+from .remote_streams import INSTANCE_GONE
 
 # This hop's, or recomputed: the length comes in the head.
 _DROP_FROM_REQUEST = frozenset(["host", "expect", "content-length"])
 _DROP_FROM_RESPONSE = frozenset(["content-length"])
+
+#: What the exchange's start may be decided with instead of the rate
+#: limiter's answer: the request goes back to the buffered path.
+FALL_BACK = object()
 
 
 @implementer(IStreamHandler, IPushProducer)
@@ -34,6 +43,8 @@ class StreamedExchange:
     One visitor request and its answer, on one stream.
 
     @ivar request: the twisted.web request (a L{site.BoundedRequest}).
+    @ivar connection: the tunnel connection (or L{RemoteTunnel}) whose
+        streams it rides; L{None} until known.
     """
 
     _log = Logger()
@@ -42,7 +53,7 @@ class StreamedExchange:
         self._public = public
         self.request = request
         self.client_id = client_id
-        self._connection = connection
+        self.connection = connection
         self._raw_path = raw_path
         self._length = length  # None: chunked
         self._clock = public.clock
@@ -81,12 +92,28 @@ class StreamedExchange:
     def _decided(self, wait, method, uri):
         if self._over or visitor_gone(self.request):
             return
+        if wait is FALL_BACK:
+            self._fall_back()
+            return
         if wait is not None:
             retry = int(wait) + 1
             self._refusal_headers = ((b"Retry-After", b"%d" % retry),)
             self._fail(429, "too many requests for this tunnel; retry in {} s".format(retry))
             return
         self._start(method, uri)
+
+    def _fall_back(self):
+        """
+        Give the request back to the buffered path, with the body read so
+        far.
+        """
+        self._done()
+        early, self._early_chunks = self._early_chunks, []
+        paused, self._upload_paused = self._upload_paused, False
+        self.request.take_buffered_path(early)
+        transport = self.request.transport
+        if paused and transport is not None:
+            transport.resumeProducing()
 
     def _start_failed(self, failure):
         self._log.failure("starting a streamed request failed", failure)
@@ -98,7 +125,7 @@ class StreamedExchange:
         arrives).
         """
         request = self.request
-        features = self._connection.features
+        features = self.connection.features
         headers = headers_to_wire(request.requestHeaders, MULTI_HEADER in features,
                                   _DROP_FROM_REQUEST)
         add_forwarded_headers(request, headers, self._public.trust_forwarded)
@@ -112,7 +139,7 @@ class StreamedExchange:
         if self._length is not None:
             head["length"] = self._length
         try:
-            self._stream = self._connection.streams.open(self, head,
+            self._stream = self.connection.streams.open(self, head,
                                                          fin=self._length == 0)
         except StreamError:
             self._fail(502, "the tunnel's connection was lost before it answered")
@@ -252,6 +279,8 @@ class StreamedExchange:
             return
         if reason == CONNECTION_LOST:
             self._fail(502, "the tunnel's connection was lost before it answered")
+        elif reason == INSTANCE_GONE:
+            self._fail(502, "tunnel {} is not connected".format(self.client_id))
         else:
             self._fail(502, "the tunnel's answer failed: {}".format(reason))
 

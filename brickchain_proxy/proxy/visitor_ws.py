@@ -84,12 +84,13 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
             client_id, stream_id, raw, features = self.route
             hub = self.factory.hub
             connection = hub.local.get(client_id)
-            if connection is not None and getattr(connection, "streams", None) is not None:
-                self._streamed = StreamedVisitor(self, connection, self.factory.clock,
-                                                 hub.request_timeout)
-                hub.websockets.register(stream_id, self, client_id, connection)
-                d = self._streamed.open(self.ws_head)
-                d.addErrback(self._forget_streamed)
+            if connection is None:
+                # Held elsewhere, maybe: over streams through the bus if that
+                # tunnel speaks them, else as v1 messages.
+                d = hub.remote_tunnel(client_id)
+                d.addCallback(self._open_remote)
+            elif getattr(connection, "streams", None) is not None:
+                d = self._open_streamed(connection)
             else:
                 d = hub.websockets.open(client_id, stream_id, raw, self)
         except Exception:
@@ -100,6 +101,22 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
         d.addCallbacks(self._accepted, self._refused,
                        callbackArgs=(offered, features))
         return d
+
+    def _open_streamed(self, connection):
+        client_id, stream_id = self.route[:2]
+        hub = self.factory.hub
+        self._streamed = StreamedVisitor(self, connection, self.factory.clock,
+                                         hub.request_timeout)
+        hub.websockets.register(stream_id, self, client_id, connection)
+        d = self._streamed.open(self.ws_head)
+        d.addErrback(self._forget_streamed)
+        return d
+
+    def _open_remote(self, remote):
+        if remote is not None:
+            return self._open_streamed(remote)
+        client_id, stream_id, raw = self.route[:3]
+        return self.factory.hub.websockets.open(client_id, stream_id, raw, self)
 
     def _forget_streamed(self, failure):
         self.factory.hub.websockets.forget(self.route[1])

@@ -317,6 +317,12 @@ class Stream:
         self._queue.clear()
         self.session._forget(self)
 
+    def _connection_lost(self, reason):
+        self.closed = True
+        self._queue.clear()
+        if self.handler is not None:
+            self.handler.reset_received(reason)
+
 
 class StreamSession:
     """
@@ -327,19 +333,25 @@ class StreamSession:
     @param accept: called with C{(stream, head)} when the other side opens
         a stream; returns the stream's L{IStreamHandler}, or L{None} to
         refuse it (it is reset).
+    @param allocate_id: returns the id of each stream this side opens
+        (default: 1, 2, 3, ... for this session alone); sessions that must
+        never reuse each other's ids share one (L{StreamIds}).
+    @param on_idle: called when the session's last stream is forgotten.
     """
 
     _log = Logger()
 
     def __init__(self, send, accept=None, window=INITIAL_WINDOW,
-                 max_frame=MAX_FRAME, max_ws_message=16 * 1024 * 1024):
+                 max_frame=MAX_FRAME, max_ws_message=16 * 1024 * 1024,
+                 allocate_id=None, on_idle=None):
         self._send = send
         self._accept = accept
         self.window = window
         self.max_frame = max_frame
         self.max_ws_message = max_ws_message
         self.streams = {}
-        self._next_id = 1
+        self._allocate_id = allocate_id if allocate_id is not None else StreamIds()
+        self._on_idle = on_idle
         self.closed = False
 
     def __len__(self):
@@ -351,12 +363,44 @@ class StreamSession:
 
         @return: the L{Stream}.
         """
-        stream_id = self._next_id
-        self._next_id = stream_id + 1 if stream_id < frames.MAX_STREAM_ID else 1
-        stream = Stream(self, stream_id, handler, self.window)
-        self.streams[stream_id] = stream
+        stream = Stream(self, self._free_id(), handler, self.window)
+        self.streams[stream.id] = stream
         stream.send_head(head, fin=fin, syn=True)
         return stream
+
+    def relay(self, make):
+        """
+        Reserve a stream id for a stream whose frames this side relays from
+        elsewhere: C{make(session, stream_id)} returns the object that gets
+        its frames from the other side (as a L{Stream} would:
+        C{_received(kind, flags, payload)}, C{_credit(increment)} and
+        C{_connection_lost(reason)}; L{Stream.closed}).  The relayer sends
+        with L{send_frame} and ends it with L{forget_relay}.
+
+        @return: what C{make} returned.
+        """
+        relayed = make(self, self._free_id())
+        self.streams[relayed.id] = relayed
+        return relayed
+
+    def send_frame(self, frame):
+        """
+        Send one frame's bytes as they are (a relayed stream's).
+        """
+        self._send(frame)
+
+    def forget_relay(self, relayed):
+        """
+        A relayed stream is over.
+        """
+        self._forget(relayed)
+
+    def _free_id(self):
+        # Ids wrap after 2**32 - 1 streams; skip one still in use.
+        while True:
+            stream_id = self._allocate_id()
+            if stream_id not in self.streams:
+                return stream_id
 
     def received(self, data):
         """
@@ -404,10 +448,7 @@ class StreamSession:
         self.closed = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            stream.closed = True
-            stream._queue.clear()
-            if stream.handler is not None:
-                stream.handler.reset_received(reason)
+            stream._connection_lost(reason)
 
     def _violation(self, stream, what):
         self._log.warn("stream {id}: {what}; resetting it", id=stream.id, what=what)
@@ -423,3 +464,20 @@ class StreamSession:
     def _forget(self, stream):
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+            if not self.streams and self._on_idle is not None:
+                self._on_idle()
+
+
+class StreamIds:
+    """
+    The ids of the streams one side opens: 1, 2, 3, ... up to 2**32 - 1,
+    then 1 again.
+    """
+
+    def __init__(self):
+        self._next = 1
+
+    def __call__(self):
+        stream_id = self._next
+        self._next = stream_id + 1 if stream_id < frames.MAX_STREAM_ID else 1
+        return stream_id
