@@ -102,7 +102,7 @@ def makeService(config, reactor=None):
     return TunnelClientService(
         reactor,
         proxy_url=config["proxy"],
-        local_url=config["local"],
+        local=config["local"],
         key_path=config["key"],
         session=config["session"],
         state_path=config["state"],
