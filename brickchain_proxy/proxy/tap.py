@@ -127,7 +127,7 @@ class Options(EnvironmentOptions, usage.Options):
         """
         Twisted server endpoint to serve on (repeatable), e.g. tcp:6519,
         tcp:6519:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=crt.pem
-        [default: tcp:6519]
+        (an ssl: certificate and key are re-read on SIGHUP) [default: tcp:6519]
         """
         self["listen"].append(description)
 
