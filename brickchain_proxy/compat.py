@@ -136,3 +136,27 @@ def cancel_close_handshake_timer(protocol):
         # A txaio batched call: it has cancel(), and no active().
         call.cancel()
         protocol.closeHandshakeTimeoutCall = None
+
+
+def tls_server_options(endpoint):
+    """
+    The TLS options (a C{CertificateOptions}) that an C{ssl:} server
+    endpoint from C{serverFromString} listens with.
+
+    Private: C{SSL4ServerEndpoint._sslContextFactory}.
+    """
+    return endpoint._sslContextFactory
+
+
+def use_tls_server_options(endpoint, creator):
+    """
+    Make an C{ssl:} server endpoint listen with C{creator} (an
+    C{IOpenSSLServerConnectionCreator}) instead of its own TLS options.
+
+    Private: C{SSL4ServerEndpoint._sslContextFactory}, which C{listen} passes
+    to C{listenSSL}.
+    """
+    if not hasattr(endpoint, "_sslContextFactory"):
+        raise RuntimeError("twisted.internet.endpoints.SSL4ServerEndpoint has no "
+                           "_sslContextFactory any more")
+    endpoint._sslContextFactory = creator

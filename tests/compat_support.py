@@ -171,7 +171,7 @@ class Program(ProcessProtocol):
             d.callback(self)
 
 
-def spawn(testcase, name, argv, supervised=False):
+def spawn(testcase, name, argv, supervised=False, env=None):
     """
     Start C{argv} (stdout and stderr read) and stop it at the end of the
     test, waiting until it has ended.
@@ -179,12 +179,13 @@ def spawn(testcase, name, argv, supervised=False):
     @param supervised: run it under C{tests/compat/supervise.py} with its
         stdin a pipe we keep open, so that it dies with this process even
         if no cleanup runs (for services; a visitor ends by itself).
+    @param env: variables to add to (or replace in) the environment.
     @return: its L{Program}.
     """
     if supervised:
         argv = [sys.executable, os.path.join(PROGRAMS, "supervise.py")] + list(argv)
     program = Program(name)
-    reactor.spawnProcess(program, argv[0], argv, env=dict(os.environ),
+    reactor.spawnProcess(program, argv[0], argv, env=dict(os.environ, **(env or {})),
                          childFDs={0: "w", 1: "r", 2: "r"})
     if not supervised:
         program.transport.closeStdin()

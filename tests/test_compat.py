@@ -6,11 +6,12 @@ moves a private name fails the shim's test here, by name.
 
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import defer
+from twisted.internet import defer, ssl
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http, server
 from twisted.web.client import Agent, readBody
@@ -18,6 +19,7 @@ from twisted.web.resource import Resource
 
 from brickchain_proxy import compat
 from tests.support import RecordingResource, start_local_service
+from tests.tls_support import write_tls_files
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -192,3 +194,22 @@ class RequestLineTests(SynchronousTestCase):
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"POST /up?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual(seen, [(b"POST", b"/up?x=1", b"HTTP/1.1")])
+
+
+class TLSServerOptionsTests(SynchronousTestCase):
+    def test_reads_and_replaces_what_an_ssl_endpoint_listens_with(self):
+        """
+        C{tls_server_options} gives the C{CertificateOptions} of an C{ssl:}
+        endpoint; after C{use_tls_server_options}, C{listen} passes the
+        replacement to C{listenSSL}.
+        """
+        files = write_tls_files(self.mktemp(), ["localhost"])
+        memory = MemoryReactor()
+        endpoint = serverFromString(memory, files.listen())
+        self.assertIsInstance(compat.tls_server_options(endpoint),
+                              ssl.CertificateOptions)
+        marker = object()
+        compat.use_tls_server_options(endpoint, marker)
+        self.assertIs(compat.tls_server_options(endpoint), marker)
+        endpoint.listen(Factory.forProtocol(Protocol))
+        self.assertIs(memory.sslServers[0][2], marker)

@@ -844,6 +844,7 @@ class RecordingForwarder:
     timeout = 25.0
     max_body = 512000
     rewrite = LocalRewrite()
+    endpoint = None  # the local service is reached by its URL
 
     def __init__(self):
         self.requests = []

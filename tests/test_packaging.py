@@ -15,15 +15,18 @@ from twisted.trial.unittest import SkipTest, TestCase
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def twistd(*args):
+def twistd(*args, env=None):
     """
     Run twistd with this interpreter; return (exit code, output).
+
+    @param env: variables to add to the environment.
     """
     result = subprocess.run(
         [sys.executable, "-c",
          "import sys; from twisted.scripts.twistd import run; "
          "sys.argv[0] = 'twistd'; run()", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=None if env is None else dict(os.environ, **env),
     )
     return result.returncode, result.stdout + result.stderr
 
@@ -67,6 +70,16 @@ class PluginTests(TestCase):
             (("brickclient", "--proxy", "ftp://x"), "proxy URL"),
         ]:
             code, output = twistd("-n", *args)
+            self.assertNotEqual(code, 0, output)
+            self.assertIn(text, output)
+
+    def test_bad_environment_values_are_usage_errors(self):
+        """A bad or unknown BRICKPROXY_ variable stops twistd, named."""
+        for env, text in [
+            ({"BRICKPROXY_MAX_BODY": "-1"}, "BRICKPROXY_MAX_BODY: must be greater"),
+            ({"BRICKPROXY_DOMIAN": "x"}, "unknown variable BRICKPROXY_DOMIAN"),
+        ]:
+            code, output = twistd("-n", "brickproxy", env=env)
             self.assertNotEqual(code, 0, output)
             self.assertIn(text, output)
 

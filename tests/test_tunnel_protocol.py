@@ -579,6 +579,7 @@ class FakeForwarder:
     timeout = 25.0
     max_body = 512000
     rewrite = LocalRewrite()
+    endpoint = None  # the local service is reached by its URL
 
 
 class ClientProtocolTestCase(TestCase):

@@ -68,14 +68,20 @@ class LocalEndpoints:
     every request (Agent's default builds a HostnameEndpoint and IDNA-encodes
     the host each time); an IP address gets a plain TCP endpoint, which
     needs no name resolution thread for new pooled connections.
+
+    @param endpoint: L{None}, or the one endpoint every local connection
+        goes through (an in-process service, L{brickchain_proxy.client.inprocess.InProcessEndpoint}).
     """
 
-    def __init__(self, reactor, timeout):
+    def __init__(self, reactor, timeout, endpoint=None):
         self._reactor = reactor
         self._timeout = timeout
         self._endpoints = {}
+        self._endpoint = endpoint
 
     def endpointForURI(self, uri):
+        if self._endpoint is not None:
+            return self._endpoint
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
@@ -170,12 +176,16 @@ class LocalForwarder:
         504 with a reason rather than the proxy's).
     @param max_body: largest response body forwarded; larger ones become 502.
     @param clock: the clock for the timeout (default: C{reactor}).
+    @param endpoint: L{None} (connect to C{local_url}'s host and port), or
+        the endpoint every local connection goes through (an in-process
+        service, L{InProcessEndpoint}); C{local_url} then only gives the
+        path prefix and the Host header.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
-                 pool_size=64, clock=None, rewrite=None):
+                 pool_size=64, clock=None, rewrite=None, endpoint=None):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -193,7 +203,9 @@ class LocalForwarder:
         self.pool.maxPersistentPerHost = pool_size
         self.pool.cachedConnectionTimeout = 110
         self._agent = Agent.usingEndpointFactory(
-            reactor, LocalEndpoints(reactor, timeout), pool=self.pool)
+            reactor, LocalEndpoints(reactor, timeout, endpoint), pool=self.pool)
+        #: the endpoint every local connection goes through, or L{None}
+        self.endpoint = endpoint
         self._in_flight = set()
 
     @property

@@ -174,13 +174,16 @@ class LocalWebSockets:
 
     @param send: callable taking one message to send to the proxy.
     @param features: the features negotiated on the tunnel.
+    @param endpoint: L{None} (connect to C{local_url}'s host and port), or
+        the endpoint every local websocket goes through (an in-process
+        service).
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, send, features, timeout=25.0,
                  max_message_size=512000, backpressure=None, tls_options=None,
-                 rewrite=None):
+                 rewrite=None, endpoint=None):
         parts = urlsplit(local_url)
         self._reactor = reactor
         self._secure = parts.scheme in ("https", "wss")
@@ -196,6 +199,7 @@ class LocalWebSockets:
         self._backpressure = backpressure
         self._tls_options = tls_options
         self._rewrite = rewrite if rewrite is not None else LocalRewrite()
+        self._endpoint = endpoint
         self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
         self._streamed = {}  # stream id -> its Stream, for websockets on streams
 
@@ -256,11 +260,13 @@ class LocalWebSockets:
             failByDrop=False,
             echoCloseCodeReason=True,
         )
-        tls = None
-        if self._secure:
-            tls = self._tls_options or verifying_tls(self._host)
-        endpoint = client_endpoint(self._reactor, self._host, self._port, tls,
-                                   timeout=self.timeout)
+        endpoint = self._endpoint
+        if endpoint is None:
+            tls = None
+            if self._secure:
+                tls = self._tls_options or verifying_tls(self._host)
+            endpoint = client_endpoint(self._reactor, self._host, self._port, tls,
+                                       timeout=self.timeout)
         d = endpoint.connect(factory)
         self.streams[stream_id] = d
 

@@ -1,6 +1,12 @@
 """
 The running client: one reconnecting websocket to the proxy
 (L{ClientService} with capped exponential backoff) and the local forwarder.
+
+It is the C{twistd brickclient} daemon and a library: a program can run a
+L{TunnelClientService} for a local URL, or for a L{twisted.web} resource
+served inside the program itself (L{IResource}: a WSGI application through
+L{twisted.web.wsgi.WSGIResource}, a websocket through Autobahn's
+C{WebSocketResource}), with no TCP port.
 """
 
 import json
@@ -8,19 +14,71 @@ import os
 import random
 from urllib.parse import urlsplit
 
+import attr
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from ..endpoints import client_endpoint
 from ..identity import ClientKey
 from ..mandate_tokens import WRONG_ENDPOINT
 from .forward import LocalForwarder
+from .inprocess import InProcessEndpoint
 from .rewrite import LocalRewrite
 from .tunnel import TunnelClientFactory
+
+#: The local URL of a service inside this process: its host is the Host
+#: header sent to it (unless C{local_host} says otherwise).
+IN_PROCESS_URL = "http://in-process"
+
+
+class ClientStopped(Exception):
+    """
+    The tunnel client was stopped before it registered.
+    """
+
+
+@attr.s(frozen=True)
+class Registration:
+    """
+    A registered tunnel, as visitors reach it.
+
+    @ivar client_id: the tunnel's clientID.
+    @ivar hostname: C{<clientID>.<domain>}, or L{None} when the proxy has no
+        domain (then only C{path_url} works).
+    @ivar url: the URL visitors use (the hostname's, else the path URL).
+    @ivar path_url: the path-routed URL, C{.../proxy/request/<clientID>/},
+        which works without DNS for the domain.
+    @ivar features: the protocol extensions in use on the tunnel.
+    """
+
+    client_id = attr.ib()
+    hostname = attr.ib()
+    url = attr.ib()
+    path_url = attr.ib()
+    features = attr.ib(default=frozenset())
+
+    @property
+    def key_id(self):
+        """
+        The clientID, by its wire name (registration-response's C{key_id}).
+        """
+        return self.client_id
+
+
+class _InProcessSite(Site):
+    """
+    The site of a resource served in this process.  Its access log is left
+    to the proxy (C{--access-log}).
+    """
+
+    def log(self, request):
+        pass
 
 
 def websocket_url(proxy_url):
@@ -160,18 +218,40 @@ class TunnelClientService(service.MultiService):
     Keeps one registered tunnel to the proxy, reconnecting with capped
     exponential backoff (and backing off on refused registrations too).
 
-    @ivar registration: the latest L{RegistrationResponse}, or L{None}.
+    Use it as a library::
+
+        client = TunnelClientService(reactor, "https://example.io",
+                                     WSGIResource(reactor, pool, app),
+                                     "client.pem")
+        client.startService()
+        client.when_registered().addCallback(lambda r: print(r.url))
+
+    @param local: the local service: its URL (C{http(s)://host[:port][/prefix]};
+        websockets go to the same place with C{ws(s)}), or an L{IResource}
+        served inside this process over in-memory connections (no port;
+        its URL is L{IN_PROCESS_URL}).
+    @param key_path: the client key's PEM file, created if missing.
+    @ivar registration: the latest L{Registration}, or L{None}.
     @ivar public_url: the URL visitors use, once registered.
+    @ivar local_endpoint: the L{InProcessEndpoint} of an in-process
+        C{local}, else L{None}.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor, proxy_url, local_url, key_path,
+    def __init__(self, reactor, proxy_url, local, key_path,
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
                  local_host=None):
         service.MultiService.__init__(self)
+        if IResource.providedBy(local):
+            self.local_endpoint = InProcessEndpoint(
+                reactor, _InProcessSite(local, reactor=reactor))
+            local_url = IN_PROCESS_URL
+        else:
+            self.local_endpoint = None
+            local_url = local
         self._reactor = reactor
         self.proxy_url = proxy_url
         self.ws_url = websocket_url(proxy_url)
@@ -187,6 +267,7 @@ class TunnelClientService(service.MultiService):
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body,
             rewrite=LocalRewrite(local_headers, local_host),
+            endpoint=self.local_endpoint,
         )
         self.registration = None
         self.public_url = None
@@ -200,11 +281,13 @@ class TunnelClientService(service.MultiService):
             jitter=lambda: random.random() * 0.25,
         )
         self._registration_waiters = []
+        self._stopped = False
         self._connector = None
         #: why the last attempt failed, for the retry log
         self._last_failure = None
 
     def startService(self):
+        self._stopped = False
         try:
             self.key = ClientKey.load_or_create(self._key_path)
         except (OSError, ValueError) as e:
@@ -238,6 +321,10 @@ class TunnelClientService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._stopped = True
+        waiters, self._registration_waiters = self._registration_waiters, []
+        for d in waiters:
+            d.errback(ClientStopped("the tunnel client was stopped"))
         if self.protocol is not None:
             self.protocol.say_goodbye()
         yield service.MultiService.stopService(self)
@@ -245,16 +332,20 @@ class TunnelClientService(service.MultiService):
             self._connector.disownServiceParent()
             self._connector = None
         yield self.forwarder.close()
-        for d in self._registration_waiters:
-            d.cancel()
+        if self.local_endpoint is not None:
+            self.local_endpoint.close()
 
     def when_registered(self):
         """
-        @return: a L{Deferred} firing with the next (or current)
-            L{RegistrationResponse}.
+        @return: a L{Deferred} firing with the current L{Registration} if the
+            tunnel is registered, else with the next one; each call gets its
+            own.  It fails with L{ClientStopped} if the service stops first
+            (at once if it is stopped already).
         """
         if self.registration is not None and self.protocol is not None:
             return defer.succeed(self.registration)
+        if self._stopped:
+            return defer.fail(ClientStopped("the tunnel client is stopped"))
         d = defer.Deferred(lambda d: self._registration_waiters.remove(d))
         self._registration_waiters.append(d)
         return d
@@ -277,21 +368,26 @@ class TunnelClientService(service.MultiService):
     def _registered(self, protocol, response):
         self._refusals = 0
         self.protocol = protocol
-        self.registration = response
+        paths = path_url(self.proxy_url, response.key_id)
         if response.hostname:
             self.public_url = public_url(self.proxy_url, response.hostname)
         else:
-            self.public_url = path_url(self.proxy_url, response.key_id)
+            self.public_url = paths
+        self.registration = registration = Registration(
+            client_id=response.key_id, hostname=response.hostname,
+            url=self.public_url, path_url=paths,
+            features=frozenset(response.features or ()),
+        )
         self._log.info(
             "tunnel registered: {url} (also {path_url})",
-            url=self.public_url, path_url=path_url(self.proxy_url, response.key_id),
+            url=self.public_url, path_url=paths,
             client_id=response.key_id, hostname=response.hostname,
         )
         if self._state_path:
-            self._write_state(response)
+            self._write_state(registration)
         waiters, self._registration_waiters = self._registration_waiters, []
         for d in waiters:
-            d.callback(response)
+            d.callback(registration)
 
     def _closed(self, protocol, registered, code, reason):
         if protocol is self.protocol:
@@ -318,11 +414,11 @@ class TunnelClientService(service.MultiService):
                 self._last_failure = "closed before registration: {}".format(
                     reason or "code {}".format(code))
 
-    def _write_state(self, response):
+    def _write_state(self, registration):
         state = {
-            "hostname": response.hostname,
-            "clientID": response.key_id,
-            "url": self.public_url,
+            "hostname": registration.hostname,
+            "clientID": registration.client_id,
+            "url": registration.url,
         }
         tmp = self._state_path + ".tmp"
         try:

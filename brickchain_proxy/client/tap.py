@@ -5,19 +5,27 @@ C{twistd brickclient}: command-line options and service construction.
 from twisted.python import usage
 
 from ..cli import positive
+from ..envconfig import EnvironmentOptions, environment_help
 from .service import websocket_url
 
 
-class Options(usage.Options):
+class Options(EnvironmentOptions, usage.Options):
     """
-    Options for C{twistd brickclient}.
+    Options for C{twistd brickclient}; each can also be set as
+    C{BRICKCLIENT_<OPTION>} in the environment (L{EnvironmentOptions}).
     """
 
     synopsis = "[options]"
+    envPrefix = "BRICKCLIENT_"
+    # A header's value may hold anything but a line break.
+    envRepeatable = {"local-header": None}
+    envReserved = frozenset(["BRICKCLIENT_OPTS"])
     longdesc = (
         "Run a tunnel client: keep one websocket to the proxy and answer the "
         "public requests it forwards by calling the local service."
-    )
+    ) + environment_help(
+        "BRICKCLIENT_",
+        "BRICKCLIENT_LOCAL_HEADER takes one \"Name: value\" a line.")
 
     optParameters = [
         ["proxy", None, "http://localhost:6519",
@@ -69,7 +77,7 @@ class Options(usage.Options):
         try:
             websocket_url(self["proxy"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError("--proxy: {}".format(e))
         if self["ca-cert"] is not None:
             from .service import tls_options_for
 
@@ -94,7 +102,7 @@ def makeService(config, reactor=None):
     return TunnelClientService(
         reactor,
         proxy_url=config["proxy"],
-        local_url=config["local"],
+        local=config["local"],
         key_path=config["key"],
         session=config["session"],
         state_path=config["state"],

@@ -88,6 +88,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 max_message_size=factory.forwarder.max_body,
                 backpressure=self.backpressure,
                 rewrite=factory.forwarder.rewrite,
+                endpoint=factory.forwarder.endpoint,
             )
             request = RegistrationRequest(
                 mandate_token=factory.key.sign_mandate_token(

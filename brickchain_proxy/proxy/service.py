@@ -1,15 +1,15 @@
 """
 The running proxy: composes the hub, the tunnel websocket factory, the
 public site and the listening endpoints into one service, and runs its
-lifecycle: start (bus, listening), SIGHUP (reload the authorized keys),
-graceful stop (stop accepting, let in-flight requests finish up to a
+lifecycle: start (bus, listening), SIGHUP (reload the TLS certificates of
+the C{ssl:} listeners and the authorized keys), graceful stop (stop accepting, let in-flight requests finish up to a
 deadline, send tunnel clients away with 1001, then exit).
 """
 
 import signal
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..bus import open_backend
@@ -17,6 +17,7 @@ from ..mandate_tokens import TokenVerifier
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
+from .certificates import server_endpoint
 from .hub import TunnelHub
 from .site import build_site
 from .tunnel_factory import TunnelServerFactory
@@ -164,8 +165,12 @@ class ProxyService(service.MultiService):
         )
         self.public = self.site.tunnel
         self.ports = []
+        #: the L{ReloadableServerTLS} of each C{ssl:} listener
+        self.certificates = []
         for description in listen:
-            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint, tls = server_endpoint(reactor, description)
+            if tls is not None:
+                self.certificates.append(tls)
             server = Listener(endpoint, self.site, description)
             server.setServiceParent(self)
             self.ports.append(server)
@@ -231,10 +236,17 @@ class ProxyService(service.MultiService):
 
     def reload(self):
         """
-        Re-read the authorized keys and close tunnels no longer allowed.
+        Re-read the TLS certificates of the C{ssl:} listeners (new
+        connections get the new one; open ones keep theirs) and the
+        authorized keys (closing tunnels no longer allowed).  What does not
+        load is logged and the previous version stays.
         """
+        for tls in self.certificates:
+            tls.reload()
         if self.authorized_keys is None:
-            self._log.info("SIGHUP: nothing to reload (no --authorized-keys)")
+            if not self.certificates:
+                self._log.info("SIGHUP: nothing to reload (no --authorized-keys, "
+                               "no ssl: listener)")
             return
         try:
             self.authorized_keys.load()

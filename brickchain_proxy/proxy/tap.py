@@ -7,20 +7,29 @@ from twisted.python import usage
 
 from ..bus import validate_bus_url
 from ..cli import positive
+from ..envconfig import EnvironmentOptions, environment_help
 from ..ratelimit import parse_rate
 
 
-class Options(usage.Options):
+class Options(EnvironmentOptions, usage.Options):
     """
-    Options for C{twistd brickproxy}.
+    Options for C{twistd brickproxy}; each can also be set as
+    C{BRICKPROXY_<OPTION>} in the environment (L{EnvironmentOptions}).
     """
 
     synopsis = "[options]"
+    envPrefix = "BRICKPROXY_"
+    # Endpoint strings and URLs hold no spaces.
+    envRepeatable = {"listen": " ", "base": " "}
+    envReserved = frozenset(["BRICKPROXY_OPTS"])
     longdesc = (
         "Run the tunnel proxy: tunnel clients connect to /proxy/subscribe, "
         "and public requests for <clientID>.<domain> (or "
         "/proxy/request/<clientID>/...) travel through their tunnel."
-    )
+    ) + environment_help(
+        "BRICKPROXY_",
+        "BRICKPROXY_LISTEN and BRICKPROXY_BASE take several values separated "
+        "by spaces or newlines.")
 
     optParameters = [
         ["domain", None, None,
@@ -118,7 +127,7 @@ class Options(usage.Options):
         """
         Twisted server endpoint to serve on (repeatable), e.g. tcp:6519,
         tcp:6519:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=crt.pem
-        [default: tcp:6519]
+        (an ssl: certificate and key are re-read on SIGHUP) [default: tcp:6519]
         """
         self["listen"].append(description)
 
@@ -140,9 +149,14 @@ class Options(usage.Options):
             self["listen"] = ["tcp:6519"]
         try:
             self["rate-limit"] = parse_rate(self["rate-limit"])
+        except ValueError as e:
+            raise usage.UsageError("--rate-limit: {}".format(e))
+        try:
             validate_bus_url(self["bus"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            message = str(e)
+            raise usage.UsageError(
+                message if "--bus" in message else "--bus: " + message)
         if not self["bases"]:
             self["bases"] = ["http://localhost:6519"]
         for base in self["bases"]:
