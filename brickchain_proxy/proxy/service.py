@@ -13,6 +13,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from ..bus import open_backend
+from ..listener import Listener
 from ..mandate_tokens import TokenVerifier
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
@@ -38,67 +39,6 @@ def max_message_size(max_body):
     get a clean 502; only absurd messages fail the connection (1009).
     """
     return (max_body * 4) // 3 + 1024 * 1024
-
-
-class Listener(service.Service):
-    """
-    Listens on one server endpoint while running.  A listen that fails at
-    once (the port is taken) raises from L{startService}, so twistd exits
-    with the reason instead of running deaf.
-    """
-
-    _log = Logger()
-
-    def __init__(self, endpoint, factory, description):
-        self._endpoint = endpoint
-        self._factory = factory
-        self.description = description
-        self.port = None
-        self._failure = None
-        self._waiters = []
-
-    def startService(self):
-        service.Service.startService(self)
-        failures = []
-        d = self._endpoint.listen(self._factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-        d.addErrback(self._failed)
-
-    def _listening(self, port):
-        self.port = port
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(port)
-
-    def _failed(self, failure):
-        self._log.failure("cannot listen on {endpoint}", failure,
-                          endpoint=self.description)
-        self._failure = failure
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
-
-    def when_listening(self):
-        """
-        @return: a L{Deferred} firing with the L{IListeningPort} once
-            listening.
-        """
-        if self.port is not None:
-            return defer.succeed(self.port)
-        if self._failure is not None:
-            return defer.fail(self._failure)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    def stopService(self):
-        service.Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
 
 
 class ProxyService(service.MultiService):
