@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from ..bus import open_backend
 from ..listener import Listener
 from ..mandate_tokens import TokenVerifier
+from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_site
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
@@ -47,7 +48,13 @@ class ProxyService(service.MultiService):
 
     Nothing touches the network before L{startService}.
 
+    @param metrics: a server endpoint string to serve Prometheus metrics on
+        (C{GET /metrics}), or L{None} for none.
+
     @ivar public: the L{PublicTunnel} answering tunnelled requests.
+    @ivar metrics: the L{IProxyMetrics} (L{NO_PROXY_METRICS} without a
+        C{metrics} endpoint).
+    @ivar metrics_listener: the L{Listener} serving them, or L{None}.
     """
 
     _log = Logger()
@@ -60,13 +67,14 @@ class ProxyService(service.MultiService):
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
                  extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
-                 stream_idle_timeout=300.0):
+                 stream_idle_timeout=300.0, metrics=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
+        self.metrics = NO_PROXY_METRICS if metrics is None else ProxyMetrics()
         self.backend = open_backend(bus_url, reactor)
         self.hub = TunnelHub(
-            reactor, self.backend.bus, self.backend.directory,
-            request_timeout=request_timeout,
+            reactor, self.metrics.wrap_bus(self.backend.bus),
+            self.backend.directory, request_timeout=request_timeout,
         )
         self.local_limiter = TokenBucketLimiter(reactor, *rate_limit)
         self.limiter = self.backend.rate_limiter(self.local_limiter)
@@ -86,6 +94,7 @@ class ProxyService(service.MultiService):
             authorizer=self.authorized_keys,
             url=_ws_url(base),
             v1_ws_pacing=v1_ws_pacing,
+            metrics=self.metrics,
         )
         self.visitor_factory = VisitorFactory(
             self.hub, reactor, max_message_size=max_body,
@@ -100,15 +109,28 @@ class ProxyService(service.MultiService):
             max_headers=max_headers, max_header_bytes=max_header_bytes,
             idle_timeout=idle_timeout, access_log=access_log,
             trust_forwarded=trust_forwarded, max_stream_body=max_stream_body,
-            stream_idle_timeout=stream_idle_timeout,
+            stream_idle_timeout=stream_idle_timeout, metrics=self.metrics,
         )
         self.public = self.site.tunnel
+        self.metrics.read_state(
+            tunnels=lambda: len(self.hub.local),
+            websockets=lambda: len(self.hub.streams),
+            requests_in_flight=self.public.in_flight_total,
+        )
         self.ports = []
         for description in listen:
             endpoint = endpoints.serverFromString(reactor, description)
             server = Listener(endpoint, self.site, description)
             server.setServiceParent(self)
             self.ports.append(server)
+        self.metrics_listener = None
+        if metrics is not None:
+            # Its own endpoint, never the public one; it keeps serving
+            # through a graceful stop, until the very end.
+            self.metrics_listener = Listener(
+                endpoints.serverFromString(reactor, metrics),
+                metrics_site(self.metrics.registry), metrics)
+            self.metrics_listener.setServiceParent(self)
         ttl = self.backend.directory.ttl
         housekeeping = internet.TimerService(
             min(60.0, ttl / 3.0) if ttl else 60.0, self._housekeeping
