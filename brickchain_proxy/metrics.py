@@ -60,7 +60,8 @@ REFUSAL_REASONS = (
 )
 #: The reason label of a refusal no prefix matches.
 OTHER = "other"
-_REASON_LABELS = frozenset([label for _, label in REFUSAL_REASONS] + [OTHER])
+#: Every reason label, in a fixed order (the exposition's).
+REASON_LABELS = tuple(label for _, label in REFUSAL_REASONS) + (OTHER,)
 
 
 def refusal_reason(text):
@@ -187,7 +188,7 @@ class _Registrations:
     def __init__(self, counter):
         self._accepted = counter.labels(result="accepted", reason="")
         self._refused = {reason: counter.labels(result="refused", reason=reason)
-                         for reason in _REASON_LABELS}
+                         for reason in REASON_LABELS}
 
     def accepted(self):
         self._accepted.inc()
@@ -446,8 +447,10 @@ class _Root(Resource):
 
 class _QuietSite(server.Site):
     """
-    A site that does not log every scrape.
+    A site that does not log every scrape (nor its own start and stop).
     """
+
+    noisy = False
 
     def log(self, request):
         pass
