@@ -36,6 +36,10 @@ setup(
         "zope.interface>=6.0",
         # attr.s classes: the wire messages, the envelopes, the relays.
         "attrs>=22.2.0",
+        # --metrics: Prometheus' own client keeps the exposition format (and
+        # its escaping, content negotiation, histograms) right; we only
+        # count into a per-service registry and serve it.
+        "prometheus-client>=0.17.0",
     ],
     extras_require={
         # The compatibility tier runs real third-party software around the

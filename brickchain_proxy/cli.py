@@ -20,3 +20,16 @@ def positive(kind):
         return value
 
     return convert
+
+
+def check_server_endpoint(description, option):
+    """
+    Raise L{usage.UsageError} naming C{option} unless C{description} is a
+    Twisted server endpoint string (nothing listens yet).
+    """
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError("bad {} {!r}: {}".format(option, description, e))

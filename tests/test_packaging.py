@@ -50,7 +50,7 @@ class PluginTests(TestCase):
         for option in ["--listen", "--domain", "--base", "--bus",
                        "--request-timeout", "--max-body", "--rate-limit",
                        "--ping-interval", "--authorized-keys",
-                       "--shutdown-grace", "--access-log"]:
+                       "--shutdown-grace", "--access-log", "--metrics"]:
             self.assertIn(option, output)
 
     def test_brickclient_help_documents_every_option(self):
@@ -58,7 +58,7 @@ class PluginTests(TestCase):
         code, output = twistd("brickclient", "--help")
         self.assertEqual(code, 0, output)
         for option in ["--proxy", "--local", "--key", "--session", "--state",
-                       "--ping-timeout", "--ca-cert"]:
+                       "--ping-timeout", "--ca-cert", "--metrics"]:
             self.assertIn(option, output)
 
     def test_bad_option_values_are_usage_errors(self):
@@ -68,6 +68,8 @@ class PluginTests(TestCase):
             (("brickproxy", "--bus", "kafka://x"), "unsupported --bus"),
             (("brickproxy", "--max-body", "-1"), "greater than 0"),
             (("brickclient", "--proxy", "ftp://x"), "proxy URL"),
+            (("brickproxy", "--metrics", "nonsense:1"), "bad --metrics"),
+            (("brickclient", "--metrics", "nonsense:1"), "bad --metrics"),
         ]:
             code, output = twistd("-n", *args)
             self.assertNotEqual(code, 0, output)

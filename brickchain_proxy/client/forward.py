@@ -25,6 +25,7 @@ from ..endpoints import client_endpoint, verifying_tls
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
+from ..metrics import NO_CLIENT_METRICS
 from .rewrite import LocalRewrite
 from .urls import local_url
 
@@ -180,12 +181,15 @@ class LocalForwarder:
         the endpoint every local connection goes through (an in-process
         service, L{InProcessEndpoint}); C{local_url} then only gives the
         path prefix and the Host header.
+    @param metrics: the L{IClientMetrics} tunnelled requests are counted in
+        (streamed ones too, by L{streamed.LocalStreamedRequest}).
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
-                 pool_size=64, clock=None, rewrite=None, endpoint=None):
+                 pool_size=64, clock=None, rewrite=None, endpoint=None,
+                 metrics=NO_CLIENT_METRICS):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -199,6 +203,7 @@ class LocalForwarder:
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self.max_body = max_body
+        self.metrics = metrics
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         self.pool.cachedConnectionTimeout = 110
@@ -227,6 +232,7 @@ class LocalForwarder:
 
         @return: a L{Deferred} that always fires with an L{HttpResponse}.
         """
+        started = self._clock.seconds() if self.metrics.enabled else None
         try:
             url = self.url_for(message, features).encode("utf-8")
             headers = Headers()
@@ -247,21 +253,27 @@ class LocalForwarder:
             # Latin-1, ...): the visitor's request is bad, not our code.
             self._log.warn("cannot forward request {id}: {error}",
                            id=message.id, error=str(e))
-            return succeed(_error(message, 502, "bad request for the local service: {}"
-                                  .format(e)))
+            return succeed(self._finished(
+                _error(message, 502, "bad request for the local service: {}"
+                       .format(e)), None, message, started))
         except Exception as e:
             self._log.failure("cannot forward request {id}", id=message.id)
-            return succeed(_error(message, 502, "bad request for the local service: {}"
-                                  .format(e)))
+            return succeed(self._finished(
+                _error(message, 502, "bad request for the local service: {}"
+                       .format(e)), None, message, started))
         d.addCallback(self._read, message, features)
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_timed_out)
         d.addErrback(self._local_failed, message)
         self._in_flight.add(d)
-        d.addBoth(self._finished, d)
+        d.addBoth(self._finished, d, message, started)
         return d
 
-    def _finished(self, result, d):
+    def _finished(self, result, d, message, started):
         self._in_flight.discard(d)
+        if started is not None and isinstance(result, HttpResponse):
+            self.metrics.local_request_finished(
+                result.status, self._clock.seconds() - started,
+                len(message.body), len(result.body))
         return result
 
     def _read(self, response, message, features):

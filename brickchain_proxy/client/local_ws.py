@@ -367,6 +367,13 @@ class LocalWebSockets:
             return
         self._send(WSResponse(id=stream_id, ok=ok, error=error, protocol=protocol))
 
+    def open_count(self):
+        """
+        How many local websockets are open (not those still connecting).
+        """
+        return sum(1 for local in self.streams.values()
+                   if isinstance(local, LocalWebSocket))
+
     def opened(self, stream_id):
         """
         The open L{LocalWebSocket} of C{stream_id}, or L{None} (not open yet,

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import attr
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.resource import IResource
@@ -26,7 +26,9 @@ from zope.interface import implementer
 
 from ..endpoints import client_endpoint
 from ..identity import ClientKey
+from ..listener import Listener
 from ..mandate_tokens import WRONG_ENDPOINT
+from ..metrics import NO_CLIENT_METRICS, ClientMetrics, metrics_site
 from .forward import LocalForwarder
 from .inprocess import InProcessEndpoint
 from .rewrite import LocalRewrite
@@ -231,10 +233,16 @@ class TunnelClientService(service.MultiService):
         served inside this process over in-memory connections (no port;
         its URL is L{IN_PROCESS_URL}).
     @param key_path: the client key's PEM file, created if missing.
+    @param metrics: a server endpoint string to serve Prometheus metrics on
+        (C{GET /metrics}), or L{None} for none.
+
     @ivar registration: the latest L{Registration}, or L{None}.
     @ivar public_url: the URL visitors use, once registered.
     @ivar local_endpoint: the L{InProcessEndpoint} of an in-process
         C{local}, else L{None}.
+    @ivar metrics: the L{IClientMetrics} (L{NO_CLIENT_METRICS} without a
+        C{metrics} endpoint).
+    @ivar metrics_listener: the L{Listener} serving them, or L{None}.
     """
 
     _log = Logger()
@@ -243,7 +251,7 @@ class TunnelClientService(service.MultiService):
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
-                 local_host=None):
+                 local_host=None, metrics=None):
         service.MultiService.__init__(self)
         if IResource.providedBy(local):
             self.local_endpoint = InProcessEndpoint(
@@ -253,6 +261,7 @@ class TunnelClientService(service.MultiService):
             self.local_endpoint = None
             local_url = local
         self._reactor = reactor
+        self.metrics = NO_CLIENT_METRICS if metrics is None else ClientMetrics()
         self.proxy_url = proxy_url
         self.ws_url = websocket_url(proxy_url)
         self._key_path = key_path
@@ -268,7 +277,18 @@ class TunnelClientService(service.MultiService):
             reactor, local_url, timeout=local_timeout, max_body=max_body,
             rewrite=LocalRewrite(local_headers, local_host),
             endpoint=self.local_endpoint,
+            metrics=self.metrics,
         )
+        self.metrics.read_state(
+            connected=lambda: 0 if self.protocol is None else 1,
+            websockets=self._open_websockets,
+        )
+        self.metrics_listener = None
+        if metrics is not None:
+            self.metrics_listener = Listener(
+                endpoints.serverFromString(reactor, metrics),
+                metrics_site(self.metrics.registry), metrics)
+            self.metrics_listener.setServiceParent(self)
         self.registration = None
         self.public_url = None
         self.protocol = None
@@ -350,9 +370,15 @@ class TunnelClientService(service.MultiService):
         self._registration_waiters.append(d)
         return d
 
+    def _open_websockets(self):
+        protocol = self.protocol
+        return 0 if protocol is None else protocol.local_websockets.open_count()
+
     def _retry_delay(self, attempt):
-        # ClientService counts failed TCP connects; a connection that opens
-        # but is refused at registration counts as a failure too.
+        # ClientService asks after every failed attempt and every lost
+        # connection.  It counts failed TCP connects; a connection that
+        # opens but is refused at registration counts as a failure too.
+        self.metrics.reconnecting()
         delay = self._backoff(attempt + self._refusals)
         reason, self._last_failure = self._last_failure, None
         if reason is not None:
@@ -366,6 +392,7 @@ class TunnelClientService(service.MultiService):
             failure, urlsplit(self.ws_url).hostname)
 
     def _registered(self, protocol, response):
+        self.metrics.registration_accepted()
         self._refusals = 0
         self.protocol = protocol
         paths = path_url(self.proxy_url, response.key_id)
@@ -402,6 +429,7 @@ class TunnelClientService(service.MultiService):
                 self._last_failure = "TLS verification of the proxy failed: " + \
                     protocol.tls_error
             elif refusal is not None:
+                self.metrics.registration_refused(refusal)
                 self._last_failure = "registration refused: " + refusal
                 if refusal.startswith(WRONG_ENDPOINT):
                     self._log.error(

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from ..compat import connection_header_names
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
+from ..metrics import ABORTED
 from ..streams.session import IStreamHandler
 
 _DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
@@ -110,6 +111,11 @@ class LocalStreamedRequest:
 
     def __init__(self, forwarder, stream, head, features, clock):
         self._forwarder = forwarder
+        self._metrics = forwarder.metrics
+        self._started = clock.seconds() if self._metrics.enabled else None
+        self._status = None  # the answer's, once its head is sent
+        self._received = 0  # body bytes from the tunnel
+        self._sent = 0  # body bytes back into it
         self._stream = stream
         stream.handler = self  # before anything can call it back
         self._features = features
@@ -154,6 +160,7 @@ class LocalStreamedRequest:
     # -- the visitor's body --------------------------------------------------
 
     def data_received(self, data):
+        self._received += len(data)
         if self._body is not None:
             self._body.write(data)
 
@@ -205,6 +212,7 @@ class LocalStreamedRequest:
         if isinstance(response.length, int):
             head["length"] = self._remaining = response.length
         self._answered = True
+        self._status = response.code
         self._stream.send_head(head)
         response.deliverBody(_ResponseBody(self))
 
@@ -214,18 +222,25 @@ class LocalStreamedRequest:
         remaining = self._remaining
         if remaining is not None:
             remaining = self._remaining = remaining - len(data)
+        self._sent += len(data)
         # The chunk that completes a known length carries FIN itself.
         self._stream.write(data, fin=remaining == 0)
 
     def answer_ended(self, reason):
-        if self._done or self._stream.closed:
+        if self._done:
+            return
+        if self._stream.closed:
+            # The last chunk's FIN closed it (the request's FIN was in), or
+            # we reset it.
+            self._finish(complete=self._stream.sent_fin)
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             self._stream.finish()  # a no-op when the last chunk carried FIN
-        else:
-            self._log.warn("local service failed mid-answer: {error}",
-                           error=reason.getErrorMessage())
-            self._stream.reset("the local service failed mid-answer")
+            self._finish(complete=True)
+            return
+        self._log.warn("local service failed mid-answer: {error}",
+                       error=reason.getErrorMessage())
+        self._stream.reset("the local service failed mid-answer")
         self._finish()
 
     def reading(self, transport):
@@ -271,11 +286,13 @@ class LocalStreamedRequest:
             self._finish()
             return
         body = (text + "\n").encode("utf-8")
+        self._status = status
+        self._sent += len(body)
         self._stream.send_head({"status": status, "length": len(body),
                                 "headers": {"Content-Type": "text/plain; charset=utf-8"}})
         self._stream.write(body)
         self._stream.finish()
-        self._finish()
+        self._finish(complete=True)
 
     def _cancel_timer(self):
         if self._timer is not None:
@@ -283,7 +300,14 @@ class LocalStreamedRequest:
                 self._timer.cancel()
             self._timer = None
 
-    def _finish(self):
+    def _finish(self, complete=False):
+        """
+        The request is over: C{complete}, its whole answer went back.
+        """
+        if not self._done and self._started is not None:
+            self._metrics.local_request_finished(
+                self._status if complete else ABORTED,
+                self._clock.seconds() - self._started, self._received, self._sent)
         self._done = True
         self._cancel_timer()
 

@@ -4,7 +4,7 @@ C{twistd brickclient}: command-line options and service construction.
 
 from twisted.python import usage
 
-from ..cli import positive
+from ..cli import check_server_endpoint, positive
 from ..envconfig import EnvironmentOptions, environment_help
 from .service import websocket_url
 
@@ -56,6 +56,10 @@ class Options(EnvironmentOptions, usage.Options):
         ["max-body", None, 512000,
          "Largest local response body forwarded, in bytes; larger ones are "
          "answered 502.", positive(int)],
+        ["metrics", None, None,
+         "Twisted server endpoint to serve Prometheus metrics on (GET "
+         "/metrics), e.g. tcp:9465:interface=127.0.0.1. Without it nothing "
+         "is measured."],
     ]
 
     def __init__(self):
@@ -89,6 +93,8 @@ class Options(EnvironmentOptions, usage.Options):
             raise usage.UsageError(
                 "--local must be an http:// or https:// URL: {!r}".format(self["local"])
             )
+        if self["metrics"] is not None:
+            check_server_endpoint(self["metrics"], "--metrics")
 
 
 def makeService(config, reactor=None):
@@ -112,4 +118,5 @@ def makeService(config, reactor=None):
         ca_cert=config["ca-cert"],
         local_headers=config["local-headers"],
         local_host=config["local-host"],
+        metrics=config["metrics"],
     )

@@ -13,7 +13,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..bus import open_backend
+from ..listener import Listener
 from ..mandate_tokens import TokenVerifier
+from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_site
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
@@ -41,74 +43,19 @@ def max_message_size(max_body):
     return (max_body * 4) // 3 + 1024 * 1024
 
 
-class Listener(service.Service):
-    """
-    Listens on one server endpoint while running.  A listen that fails at
-    once (the port is taken) raises from L{startService}, so twistd exits
-    with the reason instead of running deaf.
-    """
-
-    _log = Logger()
-
-    def __init__(self, endpoint, factory, description):
-        self._endpoint = endpoint
-        self._factory = factory
-        self.description = description
-        self.port = None
-        self._failure = None
-        self._waiters = []
-
-    def startService(self):
-        service.Service.startService(self)
-        failures = []
-        d = self._endpoint.listen(self._factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-        d.addErrback(self._failed)
-
-    def _listening(self, port):
-        self.port = port
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(port)
-
-    def _failed(self, failure):
-        self._log.failure("cannot listen on {endpoint}", failure,
-                          endpoint=self.description)
-        self._failure = failure
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
-
-    def when_listening(self):
-        """
-        @return: a L{Deferred} firing with the L{IListeningPort} once
-            listening.
-        """
-        if self.port is not None:
-            return defer.succeed(self.port)
-        if self._failure is not None:
-            return defer.fail(self._failure)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    def stopService(self):
-        service.Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-
 class ProxyService(service.MultiService):
     """
     One proxy instance.
 
     Nothing touches the network before L{startService}.
 
+    @param metrics: a server endpoint string to serve Prometheus metrics on
+        (C{GET /metrics}), or L{None} for none.
+
     @ivar public: the L{PublicTunnel} answering tunnelled requests.
+    @ivar metrics: the L{IProxyMetrics} (L{NO_PROXY_METRICS} without a
+        C{metrics} endpoint).
+    @ivar metrics_listener: the L{Listener} serving them, or L{None}.
     """
 
     _log = Logger()
@@ -121,13 +68,15 @@ class ProxyService(service.MultiService):
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
                  extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
-                 stream_idle_timeout=300.0):
+                 stream_idle_timeout=300.0, metrics=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
+        self.metrics = NO_PROXY_METRICS if metrics is None else ProxyMetrics()
         self.backend = open_backend(bus_url, reactor)
         self.hub = TunnelHub(
-            reactor, self.backend.bus, self.backend.directory,
-            request_timeout=request_timeout, stream_idle_timeout=stream_idle_timeout,
+            reactor, self.metrics.wrap_bus(self.backend.bus),
+            self.backend.directory, request_timeout=request_timeout,
+            stream_idle_timeout=stream_idle_timeout,
         )
         self.local_limiter = TokenBucketLimiter(reactor, *rate_limit)
         self.limiter = self.backend.rate_limiter(self.local_limiter)
@@ -147,6 +96,7 @@ class ProxyService(service.MultiService):
             authorizer=self.authorized_keys,
             url=_ws_url(base),
             v1_ws_pacing=v1_ws_pacing,
+            metrics=self.metrics,
         )
         self.visitor_factory = VisitorFactory(
             self.hub, reactor, max_message_size=max_body,
@@ -161,9 +111,14 @@ class ProxyService(service.MultiService):
             max_headers=max_headers, max_header_bytes=max_header_bytes,
             idle_timeout=idle_timeout, access_log=access_log,
             trust_forwarded=trust_forwarded, max_stream_body=max_stream_body,
-            stream_idle_timeout=stream_idle_timeout,
+            stream_idle_timeout=stream_idle_timeout, metrics=self.metrics,
         )
         self.public = self.site.tunnel
+        self.metrics.read_state(
+            tunnels=lambda: len(self.hub.local),
+            websockets=lambda: len(self.hub.streams),
+            requests_in_flight=self.public.in_flight_total,
+        )
         self.ports = []
         #: the L{ReloadableServerTLS} of each C{ssl:} listener
         self.certificates = []
@@ -174,6 +129,14 @@ class ProxyService(service.MultiService):
             server = Listener(endpoint, self.site, description)
             server.setServiceParent(self)
             self.ports.append(server)
+        self.metrics_listener = None
+        if metrics is not None:
+            # Its own endpoint, never the public one; it keeps serving
+            # through a graceful stop, until the very end.
+            self.metrics_listener = Listener(
+                endpoints.serverFromString(reactor, metrics),
+                metrics_site(self.metrics.registry), metrics)
+            self.metrics_listener.setServiceParent(self)
         ttl = self.backend.directory.ttl
         housekeeping = internet.TimerService(
             min(60.0, ttl / 3.0) if ttl else 60.0, self._housekeeping

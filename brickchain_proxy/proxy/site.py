@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 
 from .. import __version__, compat
 from ..endpoints import no_delay
+from ..metrics import ABORTED, NO_PROXY_METRICS
 from .plain import finish_plain, plain
 from .public import PublicTunnel
 
@@ -49,6 +50,13 @@ class BoundedRequest(server.Request):
     _body_length = 0
     #: the L{streamed.StreamedExchange} when the request goes on a stream
     exchange = None
+    #: C{(client_id, raw_path)}, set by the router for a tunnelled request
+    tunnel_route = None
+    #: body bytes received from the visitor (also those over the limit)
+    received_length = 0
+    #: C{(site, when the head came in)} while the site's metrics wait for
+    #: the request to end
+    _metering = None
 
     _length = None
     _request_line = None
@@ -56,9 +64,12 @@ class BoundedRequest(server.Request):
     def gotLength(self, length):
         self.content = io.BytesIO()
         self._length = length
+        site = self.channel.site
+        if site.metrics.enabled:
+            self._metering = (site, site.reactor.seconds())
         # Sets self.exchange when the request goes on a stream (and puts it
         # back to None if the stream turns out to be impossible at once).
-        self.channel.site.start_streamed(self, length)
+        site.start_streamed(self, length)
         if self.exchange is not None:
             # The answer goes out in pieces as it arrives: no Nagle delay on
             # the last small one.
@@ -104,7 +115,15 @@ class BoundedRequest(server.Request):
             finish_plain(self, 500, "internal error in the proxy\n")
         return reason
 
+    def connectionLost(self, reason):
+        server.Request.connectionLost(self, reason)
+        metering, self._metering = self._metering, None
+        if metering is not None and not self.finished:
+            site, since = metering
+            site.request_ended(self, since, ABORTED)
+
     def handleContentChunk(self, data):
+        self.received_length += len(data)
         if self.exchange is not None:
             self.exchange.body_chunk(data)
             return
@@ -142,9 +161,11 @@ class PublicSite(server.Site):
     _log = Logger()
 
     def __init__(self, resource, max_body, reactor=None, max_headers=100,
-                 max_header_bytes=16384, idle_timeout=75):
+                 max_header_bytes=16384, idle_timeout=75, metrics=NO_PROXY_METRICS):
         server.Site.__init__(self, resource, reactor=reactor, timeout=idle_timeout)
         self.max_body = max_body
+        #: the L{IProxyMetrics} that tunnelled requests are counted in
+        self.metrics = metrics
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self._channels = weakref.WeakSet()
@@ -175,7 +196,27 @@ class PublicSite(server.Site):
         return channel
 
     def log(self, request):
-        pass
+        """
+        Called by twisted.web as each request finishes, for its access log
+        (off here: L{PublicTunnel} writes ours when asked): count the
+        request in the metrics.
+        """
+        metering, request._metering = request._metering, None
+        if metering is not None:
+            self.request_ended(request, metering[1], request.code)
+
+    def request_ended(self, request, since, code):
+        """
+        A request whose head came in at C{since} ended with C{code} (or
+        L{ABORTED}): if it was for a tunnel, count it.  Requests the proxy
+        answers itself (its own pages, malformed tunnel names) are not
+        counted; neither are websocket upgrades it hands over.
+        """
+        if request.tunnel_route is None and request.exchange is None:
+            return
+        self.metrics.http_request_finished(
+            code, self.reactor.seconds() - since, request.received_length,
+            request.sentLength)
 
     def start_streamed(self, request, length):
         """
@@ -395,7 +436,8 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
                request_timeout, reactor=None, visitor_factory=None,
                max_pending=1000, max_websockets=1000, max_headers=100,
                max_header_bytes=16384, idle_timeout=75, access_log=False,
-               trust_forwarded=False, max_stream_body=0, stream_idle_timeout=300.0):
+               trust_forwarded=False, max_stream_body=0, stream_idle_timeout=300.0,
+               metrics=NO_PROXY_METRICS):
     """
     The proxy's public L{PublicSite}; its tunnel side is C{site.tunnel}.
     """
@@ -413,6 +455,7 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
     proxy.putChild(b"request", PathRouter(tunnel_resource))
     root.putChild(b"proxy", proxy)
     site = PublicSite(root, max_body, reactor=reactor, max_headers=max_headers,
-                      max_header_bytes=max_header_bytes, idle_timeout=idle_timeout)
+                      max_header_bytes=max_header_bytes, idle_timeout=idle_timeout,
+                      metrics=metrics)
     site.tunnel = tunnel
     return site

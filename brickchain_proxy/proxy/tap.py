@@ -2,11 +2,10 @@
 C{twistd brickproxy}: command-line options and service construction.
 """
 
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from ..bus import validate_bus_url
-from ..cli import positive
+from ..cli import check_server_endpoint, positive
 from ..envconfig import EnvironmentOptions, environment_help
 from ..ratelimit import parse_rate
 
@@ -100,6 +99,10 @@ class Options(EnvironmentOptions, usage.Options):
         ["shutdown-grace", None, 10.0,
          "On SIGTERM, seconds in-flight requests get to finish before tunnel "
          "connections are closed (1001) and the proxy exits.", float],
+        ["metrics", None, None,
+         "Twisted server endpoint to serve Prometheus metrics on (GET "
+         "/metrics), e.g. tcp:9464:interface=127.0.0.1; never on a --listen "
+         "endpoint. Without it nothing is measured."],
     ]
 
     optFlags = [
@@ -181,14 +184,10 @@ class Options(EnvironmentOptions, usage.Options):
                 raise usage.UsageError("--domain must be a DNS name: {!r}"
                                        .format(self["domain"]))
             self["domain"] = domain
-        from twisted.internet import reactor
         for description in self["listen"]:
-            try:
-                endpoints.serverFromString(reactor, description)
-            except Exception as e:
-                raise usage.UsageError(
-                    "bad --listen {!r}: {}".format(description, e)
-                )
+            check_server_endpoint(description, "--listen")
+        if self["metrics"] is not None:
+            check_server_endpoint(self["metrics"], "--metrics")
 
 
 def makeService(config, reactor=None):
@@ -225,5 +224,6 @@ def makeService(config, reactor=None):
         v1_ws_pacing=config["v1-ws-pacing"],
         max_stream_body=config["max-stream-body"],
         stream_idle_timeout=config["stream-idle-timeout"],
+        metrics=config["metrics"],
         handle_signals=True,
     )

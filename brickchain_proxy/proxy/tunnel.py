@@ -112,7 +112,7 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
                 peer=self._peer_text, error=str(e),
             )
             if not self.client_ids:
-                self._refuse("malformed message: {}".format(e))
+                self._refuse_registration("malformed message: {}".format(e))
             return
         handler = self._handlers.get(type(message))
         if handler is None:
@@ -142,8 +142,9 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
                 "tunnel {peer}: registration refused: {reason}",
                 peer=self._peer_text, reason=e.reason,
             )
-            self._refuse(e.reason)
+            self._refuse_registration(e.reason)
             return
+        factory.metrics.registration_accepted()
         offered = message.features
         negotiated = _features.negotiate(offered, factory.features)
         self.features = negotiated
@@ -295,7 +296,7 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
             "tunnel {peer}: no registration within {seconds} s, closing",
             peer=self._peer_text, seconds=self.factory.registration_timeout,
         )
-        self._refuse("no registration received in time")
+        self._refuse_registration("no registration received in time")
 
     def _ping_if_idle(self):
         interval = self.factory.ping_interval
@@ -315,6 +316,12 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
             return  # already closing (e.g. a second bad message)
         self.sendMessage(reason.encode("utf-8"), isBinary=False)
         close_websocket(self, CLOSE_POLICY, reason)
+
+    def _refuse_registration(self, reason):
+        # A connection that has not registered: refused, and counted once.
+        if self.state == self.STATE_OPEN:
+            self.factory.metrics.registration_refused(reason)
+        self._refuse(reason)
 
     def _drop_tunnels(self):
         if self._opened:

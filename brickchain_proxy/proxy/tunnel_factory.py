@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from .. import features as _features
 from ..mandate_tokens import RegistrationRefused
+from ..metrics import NO_PROXY_METRICS
 from .tunnel import TunnelServerProtocol
 
 
@@ -20,6 +21,7 @@ class TunnelServerFactory(WebSocketServerFactory):
     Creates L{TunnelServerProtocol}s and holds what they share.
 
     @ivar connections: the open tunnel connections (for shutdown).
+    @ivar metrics: the L{IProxyMetrics} registrations are counted in.
     """
 
     protocol = TunnelServerProtocol
@@ -28,7 +30,7 @@ class TunnelServerFactory(WebSocketServerFactory):
     def __init__(self, hub, verifier, domain, clock, ping_interval=10.0,
                  registration_timeout=10.0, max_message_size=4 * 1024 * 1024,
                  features=_features.SUPPORTED, authorizer=None, url=None,
-                 v1_ws_pacing=0.0):
+                 v1_ws_pacing=0.0, metrics=NO_PROXY_METRICS):
         WebSocketServerFactory.__init__(self, url=url, reactor=clock)
         self.hub = hub
         self.verifier = verifier
@@ -41,6 +43,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         #: (L{FramePacer}); 0 sends them as they come
         self.v1_ws_pacing = v1_ws_pacing
         self._authorizer = authorizer
+        self.metrics = metrics
         self.connections = set()
         self._closed_waiters = []
         self.setProtocolOptions(
