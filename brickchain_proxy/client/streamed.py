@@ -20,6 +20,7 @@ from ..compat import connection_header_names
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..streams.session import IStreamHandler
+from .inspector import NULL_EXCHANGE
 
 _DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
 
@@ -107,6 +108,8 @@ class LocalStreamedRequest:
     """
 
     _log = Logger()
+    #: what the inspector is told (L{inspector.IExchange}), once the head parsed
+    _exchange = NULL_EXCHANGE
 
     def __init__(self, forwarder, stream, head, features, clock):
         self._forwarder = forwarder
@@ -128,12 +131,14 @@ class LocalStreamedRequest:
 
     def _start(self, head):
         try:
-            method = head["method"].encode("latin-1")
-            url = self._forwarder.url_for(
-                _Target(head.get("url") or "/", head.get("query") or ""),
-                self._features).encode("utf-8")
-            headers = Headers()
+            target = _Target(head.get("url") or "/", head.get("query") or "")
             wire = head.get("headers")
+            self._exchange = self._forwarder.recorder.start(
+                "stream", head["method"], target.url, target.query,
+                wire if type(wire) is dict else {}, self._features)
+            method = head["method"].encode("latin-1")
+            url = self._forwarder.url_for(target, self._features).encode("utf-8")
+            headers = Headers()
             if type(wire) is dict:
                 for name, values in wire_to_pairs(wire, _DROP_FROM_REQUEST):
                     headers.setRawHeaders(name, values)
@@ -154,6 +159,7 @@ class LocalStreamedRequest:
     # -- the visitor's body --------------------------------------------------
 
     def data_received(self, data):
+        self._exchange.request_data(data)
         if self._body is not None:
             self._body.write(data)
 
@@ -182,7 +188,7 @@ class LocalStreamedRequest:
 
     def reset_received(self, reason):
         # The visitor went away (or the tunnel did): drop the local request.
-        self._finish()
+        self._finish("reset: {}".format(reason or "the visitor went away"))
         if self._request is not None:
             # Cancelling also reaches the Deferred it may be waiting on.
             self._request.cancel()
@@ -205,6 +211,7 @@ class LocalStreamedRequest:
         if isinstance(response.length, int):
             head["length"] = self._remaining = response.length
         self._answered = True
+        self._exchange.response_head(head["status"], head["headers"])
         self._stream.send_head(head)
         response.deliverBody(_ResponseBody(self))
 
@@ -215,10 +222,13 @@ class LocalStreamedRequest:
         if remaining is not None:
             remaining = self._remaining = remaining - len(data)
         # The chunk that completes a known length carries FIN itself.
+        self._exchange.response_data(data)
         self._stream.write(data, fin=remaining == 0)
 
     def answer_ended(self, reason):
         if self._done or self._stream.closed:
+            # The last chunk carried FIN (or the exchange ended already).
+            self._exchange.finished()
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             self._stream.finish()  # a no-op when the last chunk carried FIN
@@ -226,6 +236,8 @@ class LocalStreamedRequest:
             self._log.warn("local service failed mid-answer: {error}",
                            error=reason.getErrorMessage())
             self._stream.reset("the local service failed mid-answer")
+            self._finish("the local service failed mid-answer")
+            return
         self._finish()
 
     def reading(self, transport):
@@ -271,8 +283,11 @@ class LocalStreamedRequest:
             self._finish()
             return
         body = (text + "\n").encode("utf-8")
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        self._exchange.response_head(status, headers)
+        self._exchange.response_data(body)
         self._stream.send_head({"status": status, "length": len(body),
-                                "headers": {"Content-Type": "text/plain; charset=utf-8"}})
+                                "headers": headers})
         self._stream.write(body)
         self._stream.finish()
         self._finish()
@@ -283,7 +298,8 @@ class LocalStreamedRequest:
                 self._timer.cancel()
             self._timer = None
 
-    def _finish(self):
+    def _finish(self, error=None):
         self._done = True
         self._cancel_timer()
+        self._exchange.finished(error)
 
