@@ -162,6 +162,8 @@ class TunnelClientService(service.MultiService):
 
     @ivar registration: the latest L{RegistrationResponse}, or L{None}.
     @ivar public_url: the URL visitors use, once registered.
+    @param recorder: the inspector's L{inspector.IExchangeRecorder} the
+        forwarder reports to (default: none).
     """
 
     _log = Logger()
@@ -170,7 +172,7 @@ class TunnelClientService(service.MultiService):
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
-                 local_host=None):
+                 local_host=None, recorder=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.proxy_url = proxy_url
@@ -186,7 +188,7 @@ class TunnelClientService(service.MultiService):
         self.features = features
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body,
-            rewrite=LocalRewrite(local_headers, local_host),
+            rewrite=LocalRewrite(local_headers, local_host), recorder=recorder,
         )
         self.registration = None
         self.public_url = None
