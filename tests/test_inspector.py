@@ -49,6 +49,7 @@ from tests.support import (
     start_local_service,
     start_tunnel,
     track_connections,
+    unused_local_url,
     visitor,
 )
 
@@ -614,13 +615,15 @@ class InspectorEndToEndTests(TestCase):
     listed, followed live and replayed for real.
     """
 
-    async def start(self, features=None, body_limit=64 * 1024):
+    async def start(self, features=None, body_limit=64 * 1024, local_down=False):
         """
-        Start the local service, the tunnel (with C{--local-header
-        X-Token: secret}) and the inspector; return the inspector's URL.
+        Start the local service (unless C{local_down}), the tunnel (with
+        C{--local-header X-Token: secret}) and the inspector; return the
+        inspector's URL.
         """
         self.local = RecordingResource()
-        local_url = start_local_service(self, self.local)
+        local_url = unused_local_url() if local_down else start_local_service(
+            self, self.local)
         self.log = ExchangeLog(reactor, keep=50, body_limit=body_limit)
         client_kwargs = {"recorder": self.log, "local_headers": [("X-Token", "secret")]}
         if features is not None:
@@ -719,6 +722,41 @@ class InspectorEndToEndTests(TestCase):
             "POST", inspector + "/api/requests/{}/replay".format(items[0]["id"]))
         self.assertEqual(code, 409)
         self.assertEqual(len(self.local.requests_to(b"/echo-body")), 1)
+
+    async def check_local_failure_recorded(self, kind):
+        inspector = await self.start(
+            features=None if kind == "stream" else MESSAGE_FEATURES, local_down=True)
+        code, body = await self.through_tunnel("GET", "/down")
+        self.assertEqual(code, 502)
+        await self.wait_done("/down")
+        _, [item] = await self.inspector_json("GET", inspector + "/api/requests")
+        self.assertEqual((item["kind"], item["status"], item["state"]),
+                         (kind, 502, "complete"))
+        self.assertEqual(item["response_body"]["text"], body.decode("utf-8"))
+        self.assertIn("could not be reached", body.decode("utf-8"))
+
+    async def test_a_streamed_answer_from_the_client_itself_is_recorded(self):
+        """The client's own 502 (local service down) is listed as the visitor got it."""
+        await self.check_local_failure_recorded("stream")
+
+    async def test_a_v1_answer_from_the_client_itself_is_recorded(self):
+        """So is the v1 path's."""
+        await self.check_local_failure_recorded("http")
+
+    async def test_a_visitor_hanging_up_is_recorded_as_cut_short(self):
+        """A streamed request the visitor gives up on ends as an error, with the reason."""
+        await self.start()
+        started = wait_for_exchange(self.log, lambda e: e.path == "/slow")
+        arrived = self.local.wait_for_request(b"/slow")
+        request = self.visitor.get(self.tunnel.path_url("/slow"))
+        request.addErrback(lambda f: None)
+        await started
+        await arrived
+        request.cancel()
+        exchange = await self.wait_done("/slow")
+        item = exchange.to_json()
+        self.assertEqual((item["state"], item["status"]), ("error", None))
+        self.assertTrue(item["error"].startswith("reset: "), item["error"])
 
     async def test_event_stream_announces_requests_live(self):
         """An /api/events reader gets the exchange as it starts and as it ends."""
