@@ -250,7 +250,6 @@ class Exchange:
         self.duration = None
         self.error = None
         self.done = False
-        self._json = None
 
     @property
     def path(self):
@@ -290,12 +289,11 @@ class Exchange:
 
     def to_json(self):
         """
-        The item of C{GET /api/requests} (see the README), computed once
-        the exchange is over.
+        The item of C{GET /api/requests} (see the README).  It is made
+        afresh each time (only the kept bytes are held, not their text,
+        base64 and hex forms too).
         """
-        if self._json is not None:
-            return self._json
-        item = {
+        return {
             "id": self.id,
             "kind": self.kind,
             "method": self.method,
@@ -313,9 +311,6 @@ class Exchange:
             "response_body": self.response_body.to_json(
                 _content_type(self.response_headers)),
         }
-        if self.done:
-            self._json = item
-        return item
 
 
 @implementer(IExchangeRecorder)
