@@ -54,6 +54,7 @@ from twisted.web.resource import Resource
 from brickchain_proxy import features as _features
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
 from brickchain_proxy.client.forward import LocalForwarder
+from brickchain_proxy.client.inspector import NO_RECORDER
 from brickchain_proxy.client.rewrite import LocalRewrite
 from brickchain_proxy.client.tunnel import TunnelClientFactory
 from brickchain_proxy.identity import ClientKey
@@ -845,6 +846,7 @@ class RecordingForwarder:
     max_body = 512000
     rewrite = LocalRewrite()
     endpoint = None  # the local service is reached by its URL
+    recorder = NO_RECORDER
 
     def __init__(self):
         self.requests = []

@@ -23,6 +23,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
+from brickchain_proxy.client.inspector import NO_RECORDER
 from brickchain_proxy.client.rewrite import LocalRewrite
 from brickchain_proxy.client.tunnel import (
     RegistrationFailed,
@@ -580,6 +581,7 @@ class FakeForwarder:
     max_body = 512000
     rewrite = LocalRewrite()
     endpoint = None  # the local service is reached by its URL
+    recorder = NO_RECORDER
 
 
 class ClientProtocolTestCase(TestCase):

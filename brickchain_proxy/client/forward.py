@@ -26,6 +26,7 @@ from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
 from ..metrics import NO_CLIENT_METRICS
+from .inspector import NO_RECORDER
 from .rewrite import LocalRewrite
 from .urls import local_url
 
@@ -183,13 +184,15 @@ class LocalForwarder:
         path prefix and the Host header.
     @param metrics: the L{IClientMetrics} tunnelled requests are counted in
         (streamed ones too, by L{streamed.LocalStreamedRequest}).
+    @param recorder: the L{IExchangeRecorder} told of every request (the
+        inspector's log; by default L{NO_RECORDER}).
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
                  pool_size=64, clock=None, rewrite=None, endpoint=None,
-                 metrics=NO_CLIENT_METRICS):
+                 metrics=NO_CLIENT_METRICS, recorder=None):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -199,6 +202,8 @@ class LocalForwarder:
         self._clock = reactor if clock is None else clock
         #: headers and Host the operator adds (L{LocalRewrite})
         self.rewrite = rewrite if rewrite is not None else LocalRewrite()
+        #: where requests are reported (L{inspector.IExchangeRecorder})
+        self.recorder = recorder if recorder is not None else NO_RECORDER
         self._origin = "{}://{}".format(parts.scheme, parts.netloc)
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
@@ -226,12 +231,24 @@ class LocalForwarder:
         """
         return local_url(self._origin + self._prefix, message, features)
 
-    def forward(self, message, features=frozenset()):
+    def forward(self, message, features=frozenset(), exchange=None):
         """
-        Replay C{message} (an L{HttpRequest}) locally.
+        Replay C{message} (an L{HttpRequest}) locally, and report it to
+        L{recorder}.
 
+        @param exchange: the L{inspector.IExchange} to report to instead of
+            a new one from L{recorder} (an inspector's replay).
         @return: a L{Deferred} that always fires with an L{HttpResponse}.
         """
+        if exchange is None:
+            exchange = self.recorder.start("http", message.method, message.url,
+                                           message.query, message.headers, features)
+        exchange.request_data(message.body)
+        d = self._forward(message, features)
+        d.addCallback(_recorded, exchange)
+        return d
+
+    def _forward(self, message, features):
         started = self._clock.seconds() if self.metrics.enabled else None
         try:
             url = self.url_for(message, features).encode("utf-8")
@@ -330,6 +347,13 @@ class LocalForwarder:
         for d in list(self._in_flight):
             d.cancel()
         return self.pool.closeCachedConnections()
+
+
+def _recorded(response, exchange):
+    exchange.response_head(response.status, response.headers)
+    exchange.response_data(response.body)
+    exchange.finished()
+    return response
 
 
 def _timed_out(result, timeout):

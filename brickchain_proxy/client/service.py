@@ -235,6 +235,8 @@ class TunnelClientService(service.MultiService):
     @param key_path: the client key's PEM file, created if missing.
     @param metrics: a server endpoint string to serve Prometheus metrics on
         (C{GET /metrics}), or L{None} for none.
+    @param recorder: the inspector's L{inspector.IExchangeRecorder} the
+        forwarder reports to (default: none).
 
     @ivar registration: the latest L{Registration}, or L{None}.
     @ivar public_url: the URL visitors use, once registered.
@@ -251,7 +253,7 @@ class TunnelClientService(service.MultiService):
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
-                 local_host=None, metrics=None):
+                 local_host=None, metrics=None, recorder=None):
         service.MultiService.__init__(self)
         if IResource.providedBy(local):
             self.local_endpoint = InProcessEndpoint(
@@ -278,6 +280,7 @@ class TunnelClientService(service.MultiService):
             rewrite=LocalRewrite(local_headers, local_host),
             endpoint=self.local_endpoint,
             metrics=self.metrics,
+            recorder=recorder,
         )
         self.metrics.read_state(
             connected=lambda: 0 if self.protocol is None else 1,

@@ -21,6 +21,7 @@ from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..metrics import ABORTED
 from ..streams.session import IStreamHandler
+from .inspector import NULL_EXCHANGE
 
 _DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
 
@@ -108,6 +109,8 @@ class LocalStreamedRequest:
     """
 
     _log = Logger()
+    #: what the inspector is told (L{inspector.IExchange}), once the head parsed
+    _exchange = NULL_EXCHANGE
 
     def __init__(self, forwarder, stream, head, features, clock):
         self._forwarder = forwarder
@@ -134,12 +137,14 @@ class LocalStreamedRequest:
 
     def _start(self, head):
         try:
-            method = head["method"].encode("latin-1")
-            url = self._forwarder.url_for(
-                _Target(head.get("url") or "/", head.get("query") or ""),
-                self._features).encode("utf-8")
-            headers = Headers()
+            target = _Target(head.get("url") or "/", head.get("query") or "")
             wire = head.get("headers")
+            self._exchange = self._forwarder.recorder.start(
+                "stream", head["method"], target.url, target.query,
+                wire if type(wire) is dict else {}, self._features)
+            method = head["method"].encode("latin-1")
+            url = self._forwarder.url_for(target, self._features).encode("utf-8")
+            headers = Headers()
             if type(wire) is dict:
                 for name, values in wire_to_pairs(wire, _DROP_FROM_REQUEST):
                     headers.setRawHeaders(name, values)
@@ -161,6 +166,7 @@ class LocalStreamedRequest:
 
     def data_received(self, data):
         self._received += len(data)
+        self._exchange.request_data(data)
         if self._body is not None:
             self._body.write(data)
 
@@ -189,7 +195,7 @@ class LocalStreamedRequest:
 
     def reset_received(self, reason):
         # The visitor went away (or the tunnel did): drop the local request.
-        self._finish()
+        self._finish(error="reset: {}".format(reason or "the visitor went away"))
         if self._request is not None:
             # Cancelling also reaches the Deferred it may be waiting on.
             self._request.cancel()
@@ -213,6 +219,7 @@ class LocalStreamedRequest:
             head["length"] = self._remaining = response.length
         self._answered = True
         self._status = response.code
+        self._exchange.response_head(head["status"], head["headers"])
         self._stream.send_head(head)
         response.deliverBody(_ResponseBody(self))
 
@@ -224,6 +231,7 @@ class LocalStreamedRequest:
             remaining = self._remaining = remaining - len(data)
         self._sent += len(data)
         # The chunk that completes a known length carries FIN itself.
+        self._exchange.response_data(data)
         self._stream.write(data, fin=remaining == 0)
 
     def answer_ended(self, reason):
@@ -241,7 +249,7 @@ class LocalStreamedRequest:
         self._log.warn("local service failed mid-answer: {error}",
                        error=reason.getErrorMessage())
         self._stream.reset("the local service failed mid-answer")
-        self._finish()
+        self._finish(error="the local service failed mid-answer")
 
     def reading(self, transport):
         self._transport = transport
@@ -288,8 +296,11 @@ class LocalStreamedRequest:
         body = (text + "\n").encode("utf-8")
         self._status = status
         self._sent += len(body)
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        self._exchange.response_head(status, headers)
+        self._exchange.response_data(body)
         self._stream.send_head({"status": status, "length": len(body),
-                                "headers": {"Content-Type": "text/plain; charset=utf-8"}})
+                                "headers": headers})
         self._stream.write(body)
         self._stream.finish()
         self._finish(complete=True)
@@ -300,9 +311,10 @@ class LocalStreamedRequest:
                 self._timer.cancel()
             self._timer = None
 
-    def _finish(self, complete=False):
+    def _finish(self, complete=False, error=None):
         """
-        The request is over: C{complete}, its whole answer went back.
+        The request is over: C{complete}, its whole answer went back; else
+        C{error} may say why (for the inspector).
         """
         if not self._done and self._started is not None:
             self._metrics.local_request_finished(
@@ -310,4 +322,5 @@ class LocalStreamedRequest:
                 self._clock.seconds() - self._started, self._received, self._sent)
         self._done = True
         self._cancel_timer()
+        self._exchange.finished(error)
 

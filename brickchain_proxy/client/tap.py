@@ -60,6 +60,16 @@ class Options(EnvironmentOptions, usage.Options):
          "Twisted server endpoint to serve Prometheus metrics on (GET "
          "/metrics), e.g. tcp:9465:interface=127.0.0.1. Without it nothing "
          "is measured."],
+        ["inspect", None, None,
+         "Serve the inspector (recent requests to the local service, live, "
+         "with replay) on this Twisted endpoint, e.g. "
+         "tcp:4040:interface=127.0.0.1 [default: off]. It shows visitors' "
+         "headers and bodies: keep it on loopback."],
+        ["inspect-keep", None, 100,
+         "How many exchanges the inspector keeps.", positive(int)],
+        ["inspect-body-limit", None, 65536,
+         "How many bytes of each request and response body the inspector "
+         "keeps; the rest is counted, not kept.", positive(int)],
     ]
 
     def __init__(self):
@@ -95,6 +105,13 @@ class Options(EnvironmentOptions, usage.Options):
             )
         if self["metrics"] is not None:
             check_server_endpoint(self["metrics"], "--metrics")
+        if self["inspect"] is not None:
+            from twisted.internet import endpoints, reactor
+
+            try:
+                endpoints.serverFromString(reactor, self["inspect"])
+            except Exception as e:
+                raise usage.UsageError("bad --inspect {!r}: {}".format(self["inspect"], e))
 
 
 def makeService(config, reactor=None):
@@ -105,7 +122,13 @@ def makeService(config, reactor=None):
         from twisted.internet import reactor
     from .service import TunnelClientService
 
-    return TunnelClientService(
+    log = None
+    if config["inspect"] is not None:
+        from .inspector import ExchangeLog
+
+        log = ExchangeLog(reactor, keep=config["inspect-keep"],
+                          body_limit=config["inspect-body-limit"])
+    client = TunnelClientService(
         reactor,
         proxy_url=config["proxy"],
         local=config["local"],
@@ -119,4 +142,16 @@ def makeService(config, reactor=None):
         local_headers=config["local-headers"],
         local_host=config["local-host"],
         metrics=config["metrics"],
+        recorder=log,
     )
+    if log is not None:
+        from twisted.internet import endpoints
+
+        from .inspector import Replayer
+        from .inspector_web import InspectorService
+
+        InspectorService(
+            endpoints.serverFromString(reactor, config["inspect"]), config["inspect"],
+            log, Replayer(client.forwarder, log),
+        ).setServiceParent(client)
+    return client
