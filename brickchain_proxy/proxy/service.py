@@ -9,7 +9,7 @@ deadline, send tunnel clients away with 1001, then exit).
 import signal
 
 from twisted.application import internet, service
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from ..bus import open_backend
