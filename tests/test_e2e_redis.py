@@ -433,7 +433,9 @@ class CrossInstanceWebSocketTests(_RedisCluster, TestCase):
 
         def empty():
             return all(not i.proxy.hub.streams and not len(i.proxy.hub.pending)
-                       and not len(i.proxy.hub.relays) for i in instances)
+                       and not len(i.proxy.hub.relays)
+                       and not len(i.proxy.hub.relayed_streams)
+                       and not len(i.proxy.hub.remote_tunnels) for i in instances)
 
         return wait_until(empty, what="hubs empty")
 

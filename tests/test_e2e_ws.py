@@ -52,14 +52,23 @@ class _WebSocketFixture:
     def assert_nothing_left(self, tunnel):
         """
         No stream and no pending request left on the proxy, and no local
-        websocket on the client.
+        websocket on the client; on the stream layer, no stream left in
+        either side's session.
         """
         hub = tunnel.proxy.hub
+
+        def sessions_empty():
+            client = tunnel.client.protocol
+            sessions = [c.streams for c in tunnel.proxy.tunnel_factory.connections]
+            if client is not None:
+                sessions.append(client.streams)
+            return not any(session is not None and len(session) for session in sessions)
 
         def empty():
             client = tunnel.client.protocol
             return (not hub.streams and not len(hub.pending)
-                    and (client is None or not client.local_websockets.streams))
+                    and (client is None or not client.local_websockets.streams)
+                    and sessions_empty())
 
         return wait_until(empty, what="hub and client streams empty")
 

@@ -394,7 +394,12 @@ class LocalWebSockets:
         """
         A streamed websocket's visitor closed (or its stream was reset).
         """
-        self._streamed.pop(stream_id, None)
+        stream = self._streamed.pop(stream_id, None)
+        if stream is not None and not stream.closed:
+            # Answer the close (as a websocket endpoint does), so the
+            # stream ends on both sides and neither keeps it.
+            stream.close_ws(code if code is not None and 1000 <= code <= 4999 else None,
+                            reason or "")
         local = self.streams.pop(stream_id, None)
         if isinstance(local, LocalWebSocket):
             local.close_from_tunnel(code or 1000, reason)

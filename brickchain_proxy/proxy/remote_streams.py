@@ -32,9 +32,11 @@ class RemoteTunnel:
     """
     Tunnel C{client_id} as held by instance C{instance}, seen from here:
     it has what a visitor's stream needs of a tunnel connection
-    (C{streams}, C{features}).
+    (C{streams}, C{features}).  Each visitor (request or websocket) gets
+    its own, so nothing outlives the streams: the frames that come back
+    find their session by stream id (L{RemoteTunnels}).
 
-    @ivar streams: the L{StreamSession} of the visitors here.
+    @ivar streams: the L{StreamSession} of the visitor here.
     """
 
     _log = Logger()
@@ -46,11 +48,14 @@ class RemoteTunnel:
         self._tunnels = tunnels
         self.client_id = client_id
         self.instance = instance
-        self.streams = StreamSession(self._send, allocate_id=tunnels.ids,
-                                     on_idle=self._idle)
+        self.streams = StreamSession(self._send, allocate_id=self._allocate_id,
+                                     on_forget=tunnels.forget_stream)
 
     def __repr__(self):
         return "<RemoteTunnel {} on {}>".format(self.client_id, self.instance)
+
+    def _allocate_id(self):
+        return self._tunnels.allocate(self)
 
     def _send(self, frame):
         d = self._tunnels.publish(self.instance, envelope.TunnelFrame(
@@ -82,18 +87,15 @@ class RemoteTunnel:
         """
         Frames no longer reach the tunnel: reset every stream.
         """
-        self._tunnels.forget(self)
         if not self.streams.closed:
             self.streams.connection_lost(reason)
-
-    def _idle(self):
-        self._tunnels.forget(self)
 
 
 class RemoteTunnels:
     """
-    The L{RemoteTunnel}s with open streams from this instance, by
-    C{(client_id, instance)}.
+    The streams of visitors here to tunnels held elsewhere, by stream id:
+    one id space for every L{RemoteTunnel} of this instance, so an id is
+    never reused while a frame for its predecessor may still be on the bus.
 
     @param publish: C{publish(instance, envelope)} returns a L{Deferred} of
         the number of receivers.
@@ -107,49 +109,54 @@ class RemoteTunnels:
         self.instance_id = instance_id
         self.publish = publish
         self._gone = gone
-        # One id space for every session here: an id is never reused while
-        # a frame for its predecessor may still be on the bus.
-        self.ids = StreamIds()
-        self._tunnels = {}
+        self._ids = StreamIds()
+        self._streams = {}
 
     def __len__(self):
-        return len(self._tunnels)
+        return len(self._streams)
 
     def get(self, client_id, instance):
         """
-        The L{RemoteTunnel} of C{client_id} held by C{instance}.
+        A new L{RemoteTunnel} of C{client_id} held by C{instance}.
         """
-        key = (client_id, instance)
-        tunnel = self._tunnels.get(key)
-        if tunnel is None:
-            tunnel = self._tunnels[key] = RemoteTunnel(self, client_id, instance)
-        return tunnel
+        return RemoteTunnel(self, client_id, instance)
+
+    def allocate(self, tunnel):
+        """
+        An id for a new stream of C{tunnel}.
+        """
+        while True:
+            stream_id = self._ids()
+            if stream_id not in self._streams:
+                self._streams[stream_id] = tunnel
+                return stream_id
+
+    def forget_stream(self, stream_id):
+        self._streams.pop(stream_id, None)
 
     def instance_gone(self, tunnel):
         """
         Nobody listens for C{tunnel}'s instance: its streams end as for a
         tunnel nobody holds.
         """
-        if self._tunnels.get((tunnel.client_id, tunnel.instance)) is tunnel:
+        if not tunnel.streams.closed:
             self._gone(tunnel.client_id, tunnel.instance)
         tunnel.lost(INSTANCE_GONE)
-
-    def forget(self, tunnel):
-        key = (tunnel.client_id, tunnel.instance)
-        if self._tunnels.get(key) is tunnel:
-            del self._tunnels[key]
 
     def received(self, frame):
         """
         A L{envelope.VisitorFrame} from the instance holding a tunnel.
         """
-        tunnel = self._tunnels.get((frame.client_id, frame.origin))
-        if tunnel is not None:
-            tunnel.received(frame.frame)
-            return
         try:
             kind, _, stream_id, _, _ = frames.decode(frame.frame)
-        except FrameError:
+        except FrameError as e:
+            self._log.warn("bad stream frame from instance {origin} ignored: {error}",
+                           origin=frame.origin, error=str(e))
+            return
+        tunnel = self._streams.get(stream_id)
+        if (tunnel is not None and tunnel.instance == frame.origin
+                and tunnel.client_id == frame.client_id):
+            tunnel.received(frame.frame)
             return
         if kind != RESET and kind != WINDOW_UPDATE:
             # A stream already forgotten here: the other side stops it.
@@ -164,17 +171,17 @@ class RemoteTunnels:
         there: C{probe(instance)} returns a L{Deferred} of the number of
         receivers; 0 resets those streams.
         """
-        for instance in {tunnel.instance for tunnel in self._tunnels.values()}:
+        for instance in {tunnel.instance for tunnel in self._streams.values()}:
             probe(instance).addCallback(self._probed, instance)
 
     def _probed(self, receivers, instance):
         if receivers == 0:
-            for tunnel in [t for t in self._tunnels.values() if t.instance == instance]:
+            for tunnel in {t for t in self._streams.values() if t.instance == instance}:
                 self.instance_gone(tunnel)
 
     def clear(self, reason):
         """
         Reset every stream (the proxy is stopping).
         """
-        for tunnel in list(self._tunnels.values()):
+        for tunnel in set(self._streams.values()):
             tunnel.lost(reason)

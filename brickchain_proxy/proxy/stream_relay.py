@@ -246,3 +246,5 @@ class StreamRelays:
         """
         for relayed in list(self._relays.values()):
             self._end(relayed, "the proxy is stopping")
+            self._reset_visitor(relayed.origin, relayed.client_id, relayed.remote_id,
+                                "the proxy is stopping")

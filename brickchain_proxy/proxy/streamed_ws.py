@@ -106,8 +106,12 @@ class StreamedVisitor:
         if answer is None or answer.called:
             return
         protocol = head.get("protocol")
+        ok = head.get("ok") is True
+        if not ok and not self._stream.closed:
+            # Refused: the stream ends here too, on both sides.
+            self._stream.finish()
         answer.callback(WebSocketAnswer(
-            ok=head.get("ok") is True,
+            ok=ok,
             error=head.get("error") if type(head.get("error")) is str else "",
             protocol=protocol if type(protocol) is str else None))
 

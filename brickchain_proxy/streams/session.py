@@ -336,14 +336,15 @@ class StreamSession:
     @param allocate_id: returns the id of each stream this side opens
         (default: 1, 2, 3, ... for this session alone); sessions that must
         never reuse each other's ids share one (L{StreamIds}).
-    @param on_idle: called when the session's last stream is forgotten.
+    @param on_forget: called with the id of each stream the session
+        forgets (it ended, was reset, or the connection went).
     """
 
     _log = Logger()
 
     def __init__(self, send, accept=None, window=INITIAL_WINDOW,
                  max_frame=MAX_FRAME, max_ws_message=16 * 1024 * 1024,
-                 allocate_id=None, on_idle=None):
+                 allocate_id=None, on_forget=None):
         self._send = send
         self._accept = accept
         self.window = window
@@ -351,7 +352,7 @@ class StreamSession:
         self.max_ws_message = max_ws_message
         self.streams = {}
         self._allocate_id = allocate_id if allocate_id is not None else StreamIds()
-        self._on_idle = on_idle
+        self._on_forget = on_forget
         self.closed = False
 
     def __len__(self):
@@ -448,6 +449,8 @@ class StreamSession:
         self.closed = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
+            if self._on_forget is not None:
+                self._on_forget(stream.id)
             stream._connection_lost(reason)
 
     def _violation(self, stream, what):
@@ -464,8 +467,8 @@ class StreamSession:
     def _forget(self, stream):
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
-            if not self.streams and self._on_idle is not None:
-                self._on_idle()
+            if self._on_forget is not None:
+                self._on_forget(stream.id)
 
 
 class StreamIds:
