@@ -121,17 +121,18 @@ def start_echo(procs):
     return proc, port
 
 
-def start_proxy(procs, name, port):
+def start_proxy(procs, name, port, extra=()):
     """
     C{twistd -n brickproxy} on 127.0.0.1:C{port}, with a rate limit too
-    high to matter; its log is TMP/C{name}.log.  Not waited for.
+    high to matter (and the options C{extra}); its log is TMP/C{name}.log.
+    Not waited for.
     """
     return procs.start(name, [
         TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(procs.tmp, name + ".log"),
         "brickproxy", "--domain", "localhost",
         "--listen", "tcp:%d:interface=127.0.0.1" % port,
         "--base", "http://127.0.0.1:%d" % port,
-        "--rate-limit", "100000000/1"])
+        "--rate-limit", "100000000/1"] + list(extra))
 
 
 def start_client(procs, proxy, proxy_port, local_url, timeout=30):

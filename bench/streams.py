@@ -10,13 +10,20 @@ client, which negotiate streams), on 127.0.0.1:
   - server-sent events: added latency from the local service's write to
     the visitor's read (p50/p99 over N events).
 
+With C{--cross-instance}, the tunnel rows go through the other instance:
+a throwaway redis-server, proxy instances A and B on it, the client on A,
+the visitor on B (the streams cross Redis, relayed by A); the RSS columns
+are A / B / the client.
+
 Every body is checked by SHA-256.  Run: .venv/bin/python bench/streams.py
-[--rounds 3] [--events 300] (bench/run runs it with its defaults).
+[--rounds 3] [--events 300] [--cross-instance] (bench/run runs it with its
+defaults, then with --cross-instance).
 """
 
 import argparse
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -186,6 +193,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--cross-instance", action="store_true",
+                        help="the visitor on instance B, the client on A (Redis)")
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench-streams-")
     procs = Processes(tmp)
@@ -223,13 +232,31 @@ def run(procs, tmp, args):
     nginx = procs.start("nginx", ["/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                   else "nginx", "-c", conf, "-p", tmp])
     wait_listening(port, nginx, "nginx")
+    extra = ()
+    if args.cross_instance:
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise SetupError("redis-server is not installed")
+        redis_port = free_port()
+        redis_proc = procs.start("redis", [
+            redis, "--port", str(redis_port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", tmp])
+        wait_listening(redis_port, redis_proc, "redis-server")
+        extra = ("--bus", "redis://127.0.0.1:%d" % redis_port)
     proxy_port = free_port()
-    proxy = start_proxy(procs, "proxy", proxy_port)
+    proxy = start_proxy(procs, "proxy", proxy_port, extra)
     wait_listening(proxy_port, proxy, "the proxy")
     client, client_id = start_client(procs, proxy, proxy_port, "http://127.0.0.1:%d" % port)
+    pids = [proxy.pid]
+    visitor_port = proxy_port
+    if args.cross_instance:
+        visitor_port = free_port()
+        other = start_proxy(procs, "proxyB", visitor_port, extra)
+        wait_listening(visitor_port, other, "proxy B")
+        pids.append(other.pid)
+    pids.append(client.pid)
     bases = {"direct": "http://127.0.0.1:%d" % port,
-             "tunnel": "http://127.0.0.1:%d/proxy/request/%s" % (proxy_port, client_id)}
-    pids = [proxy.pid, client.pid]
+             "tunnel": "http://127.0.0.1:%d/proxy/request/%s" % (visitor_port, client_id)}
     rows = []
 
     for kind, path, up in (("download 64 MiB", "/64m.bin", None),
@@ -266,20 +293,26 @@ def run(procs, tmp, args):
     sse = {where: sse_latency(base + "/events", args.events)
            for where, base in bases.items()}
 
-    print("stream rows (one tunnel, our proxy + our client; MB = 10^6 bytes)")
+    def mib(growth):
+        return " / ".join("%.1f" % (growth[pid] / 1024) for pid in pids) + " MiB"
+
+    if args.cross_instance:
+        print("stream rows through the other instance (client on A, visitor on B, "
+              "Redis between; MB = 10^6 bytes)")
+        who = "A / B / client"
+    else:
+        print("stream rows (one tunnel, our proxy + our client; MB = 10^6 bytes)")
+        who = "proxy / client"
     print("%-22s | %10s | %10s | %6s | %s" % ("row", "direct", "tunnel", "ratio",
-                                             "peak RSS growth proxy / client"))
+                                             "peak RSS growth " + who))
     for kind, figures in rows:
         direct, tunnel = figures["direct"][0], figures["tunnel"][0]
-        growth = figures["tunnel"][1]
-        print("%-22s | %7.0f MB/s | %7.0f MB/s | %6.3f | %.1f / %.1f MiB" % (
-            kind, direct, tunnel, tunnel / direct, growth[proxy.pid] / 1024,
-            growth[client.pid] / 1024))
+        print("%-22s | %7.0f MB/s | %7.0f MB/s | %6.3f | %s" % (
+            kind, direct, tunnel, tunnel / direct, mib(figures["tunnel"][1])))
     print("%-22s | %7.1f ms | %7.1f ms |" % ("first byte of 10 MB", ttfb["direct"],
                                               ttfb["tunnel"]))
-    print("%-22s | %10s | %7.1f MB/s |        | %.1f / %.1f MiB" % (
-        "slow visitor (16 MB/s)", "", slow[0], slow[1][proxy.pid] / 1024,
-        slow[1][client.pid] / 1024))
+    print("%-22s | %10s | %7.1f MB/s |        | %s" % (
+        "slow visitor (16 MB/s)", "", slow[0], mib(slow[1])))
     d50, d99 = percentile(sse["direct"], 50), percentile(sse["direct"], 99)
     t50, t99 = percentile(sse["tunnel"], 50), percentile(sse["tunnel"], 99)
     print("%-22s | p50 %.2f p99 %.2f ms | p50 %.2f p99 %.2f ms | added p50 %.2f p99 %.2f ms"
