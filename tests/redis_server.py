@@ -164,9 +164,11 @@ class RedisServer:
 
     _log = Logger()
 
-    def __init__(self, executable, directory):
+    def __init__(self, executable, directory, extra=(), sentinel_conf=None):
         self._executable = executable
         self._directory = directory
+        self._extra = list(extra)
+        self._sentinel_conf = sentinel_conf  # text, with {port}: a sentinel
         self.port = None
         self._process = None
         self._watcher = None
@@ -185,10 +187,14 @@ class RedisServer:
         return server.start().addCallback(lambda _: server)
 
     @classmethod
-    def create(cls):
+    def create(cls, extra=(), sentinel_conf=None):
         """
         A server, not started, with its own temporary directory.
 
+        @param extra: more command-line options (e.g. C{--replicaof}).
+        @param sentinel_conf: for a sentinel, its configuration file's text
+            (C{{port}} is replaced by its port); it runs with
+            C{--sentinel}.
         @raise SkipTest: if C{redis-server} is not installed.
         """
         executable = shutil.which("redis-server")
@@ -196,7 +202,8 @@ class RedisServer:
             raise SkipTest(
                 "redis-server is not on PATH: install it (scripts/test does "
                 "it with apt) to run the Redis bus tests")
-        return cls(executable, tempfile.mkdtemp(prefix="brickproxy-redis-"))
+        return cls(executable, tempfile.mkdtemp(prefix="brickproxy-redis-"), extra,
+                   sentinel_conf)
 
     @property
     def url(self):
@@ -232,8 +239,14 @@ class RedisServer:
             return self
 
     def _spawn(self, port):
-        args = [
-            self._executable,
+        args = [self._executable]
+        if self._sentinel_conf is not None:
+            # A sentinel rewrites its configuration file: give it its own.
+            conf = os.path.join(self._directory, "sentinel.conf")
+            with open(conf, "w") as f:
+                f.write(self._sentinel_conf.format(port=port))
+            args += [conf, "--sentinel"]
+        args += [
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -242,7 +255,12 @@ class RedisServer:
             "--logfile", self.log_path,
             "--daemonize", "no",
             "--protected-mode", "no",
-        ]
+        ] + self._extra
+        if self._sentinel_conf is not None:
+            # Sentinels take no persistence options.
+            for option in ("--save", "--appendonly"):
+                at = args.index(option)
+                del args[at:at + 2]
         self._watcher = ProcessWatcher()
         self._process = reactor.spawnProcess(
             self._watcher, self._executable, args, env=dict(os.environ),
@@ -288,6 +306,113 @@ class RedisServer:
         """
         yield self.stop()
         shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def redis_command(port, *args, timeout=1.0):
+    """
+    Send one command to the Redis (or sentinel) on 127.0.0.1:C{port} and
+    return its raw reply bytes (loopback, a short timeout: never blocks the
+    reactor for long).
+    """
+    data = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in
+        (a if isinstance(a, bytes) else str(a).encode() for a in args))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return s.recv(65536)
+
+
+#: A sentinel's configuration: master MASTER on 127.0.0.1:{master_port},
+#: quorum 2, a master is down after 500 ms without an answer.
+SENTINEL_CONF = """\
+port {{port}}
+bind 127.0.0.1
+daemonize no
+protected-mode no
+sentinel monitor {master} 127.0.0.1 {master_port} 2
+sentinel down-after-milliseconds {master} 500
+sentinel failover-timeout {master} 2000
+sentinel parallel-syncs {master} 1
+"""
+
+
+class SentinelCluster:
+    """
+    A master, a replica and three sentinels, each a child process.
+
+    @ivar url: the C{--bus} URL (C{redis+sentinel://...}).
+    """
+
+    master_name = "mymaster"
+
+    def __init__(self):
+        self.master = None
+        self.replica = None
+        self.sentinels = []
+
+    @classmethod
+    @defer.inlineCallbacks
+    def for_test(cls, testcase):
+        cluster = cls()
+        testcase.addCleanup(cluster.remove)
+        cluster.master = RedisServer.create()
+        yield cluster.master.start()
+        cluster.replica = RedisServer.create(
+            extra=["--replicaof", "127.0.0.1", str(cluster.master.port)])
+        yield cluster.replica.start()
+        for _ in range(3):
+            sentinel = RedisServer.create(sentinel_conf=SENTINEL_CONF.format(
+                master=cls.master_name, master_port=cluster.master.port))
+            cluster.sentinels.append(sentinel)
+            yield sentinel.start()
+        return cluster
+
+    @property
+    def url(self):
+        return "redis+sentinel://{}/{}".format(
+            ",".join("127.0.0.1:{}".format(s.port) for s in self.sentinels),
+            self.master_name)
+
+    def master_port(self):
+        """
+        The master's port as the first sentinel that answers names it.
+        """
+        for sentinel in self.sentinels:
+            if not sentinel.running:
+                continue
+            try:
+                reply = redis_command(sentinel.port, "SENTINEL",
+                                      "get-master-addr-by-name", self.master_name)
+            except OSError:
+                continue
+            lines = reply.split(b"\r\n")
+            if lines[0] == b"*2":
+                return int(lines[4])
+        return None
+
+    def replica_synced(self):
+        try:
+            reply = redis_command(self.replica.port, "INFO", "replication")
+        except OSError:
+            return False
+        return b"master_link_status:up" in reply
+
+    def sentinels_see_the_replica(self):
+        for sentinel in self.sentinels:
+            try:
+                reply = redis_command(sentinel.port, "SENTINEL", "replicas",
+                                      self.master_name)
+            except OSError:
+                return False
+            if str(self.replica.port).encode() not in reply:
+                return False
+        return True
+
+    @defer.inlineCallbacks
+    def remove(self):
+        for server in self.sentinels + [self.replica, self.master]:
+            if server is not None:
+                yield server.remove()
 
 
 # -- around the proxy's Redis backend -----------------------------------------

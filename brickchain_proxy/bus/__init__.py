@@ -1,6 +1,7 @@
 """
 Message bus and tunnel directory backends, chosen by URL (C{--bus}):
-C{memory} (one process, the default) or C{redis://} / C{rediss://}.
+C{memory} (one process, the default), C{redis://} / C{rediss://}, or
+C{redis+sentinel://} (a master found through Redis Sentinel).
 """
 
 from zope.interface import implementer
@@ -45,9 +46,15 @@ def validate_bus_url(url):
 
         parse_redis_url(url)
         return url
+    if url.startswith("redis+sentinel://"):
+        from .sentinel import parse_sentinel_url
+
+        parse_sentinel_url(url)
+        return url
     raise ValueError(
-        "unsupported --bus {!r}: use 'memory' or redis://[:password@]host[:port][/db] "
-        "(rediss:// for TLS)".format(url)
+        "unsupported --bus {!r}: use 'memory', redis://[:password@]host[:port][/db] "
+        "(rediss:// for TLS) or "
+        "redis+sentinel://[:password@]host:port[,host:port...]/MASTER[/db]".format(url)
     )
 
 

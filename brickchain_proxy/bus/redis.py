@@ -25,6 +25,8 @@ from zope.interface import implementer
 from ..endpoints import client_endpoint, verifying_tls
 from .interface import BusUnavailable, IBackend, IBus
 from .redis_state import RedisDirectory, RedisRateLimiter
+from .sentinel import SCHEME as SENTINEL_SCHEME
+from .sentinel import MasterWatch, parse_sentinel_url, sentinel_endpoint
 
 
 def parse_redis_url(url):
@@ -95,8 +97,17 @@ class RedisBackend:
 
     def __init__(self, url, reactor, prefix="brickproxy:", reply_timeout=5.0,
                  directory_ttl=60):
-        self._config = parse_redis_url(url)
-        self._url_for_logs = "{}:{}".format(self._config["host"], self._config["port"])
+        self._sentinels = self._master_endpoint = self._master_watch = None
+        if url.startswith(SENTINEL_SCHEME + "://"):
+            self._config = parse_sentinel_url(url)
+            self._sentinels, self._master_endpoint = sentinel_endpoint(
+                reactor, self._config)
+            self._master_watch = MasterWatch(reactor, self._sentinels,
+                                             self._master_endpoint, self._master_moved)
+            self._url_for_logs = str(self._sentinels)
+        else:
+            self._config = parse_redis_url(url)
+            self._url_for_logs = "{}:{}".format(self._config["host"], self._config["port"])
         self._reactor = reactor
         self.prefix = prefix
         self._reply_timeout = reply_timeout
@@ -139,17 +150,30 @@ class RedisBackend:
         subscriber.maxDelay = 5
         subscriber.startConnecting(self._endpoint())
         self._subscriber_factory = subscriber
+        if self._master_watch is not None:
+            self._master_watch.start()
 
     def _endpoint(self):
+        if self._master_endpoint is not None:
+            return self._master_endpoint
         config = self._config
         tls = verifying_tls(config["host"]) if config["tls"] else None
         return client_endpoint(self._reactor, config["host"], config["port"], tls,
                                timeout=5)
 
+    def _master_moved(self, address):
+        # The sentinels name another master: drop both connections, which
+        # reconnect to it through the master endpoint.
+        for connection in (self._commands, self._subscriber):
+            if connection is not None and connection.transport is not None:
+                connection.transport.loseConnection()
+
     def stop(self):
         """
         Close both connections.
         """
+        if self._master_watch is not None:
+            self._master_watch.stop()
         ds = []
         for factory in (self._commands_factory, self._subscriber_factory):
             if factory is not None:

@@ -39,7 +39,10 @@ class Options(EnvironmentOptions, usage.Options):
         ["bus", None, "memory",
          "Message bus: 'memory' (one process), or "
          "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) to "
-         "share tunnels between several proxy instances."],
+         "share tunnels between several proxy instances, or "
+         "redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db] "
+         "to find the Redis master through Redis Sentinel (and follow its "
+         "failovers)."],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a tunnel's answer before replying 504.",
          positive(float)],
