@@ -68,11 +68,11 @@ class ProxyService(service.MultiService):
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
                  extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
-                 stream_idle_timeout=300.0, metrics=None):
+                 stream_idle_timeout=300.0, metrics=None, bus_ca_cert=None):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.metrics = NO_PROXY_METRICS if metrics is None else ProxyMetrics()
-        self.backend = open_backend(bus_url, reactor)
+        self.backend = open_backend(bus_url, reactor, ca_cert=bus_ca_cert)
         self.hub = TunnelHub(
             reactor, self.metrics.wrap_bus(self.backend.bus),
             self.backend.directory, request_timeout=request_timeout,

@@ -40,6 +40,10 @@ class Options(EnvironmentOptions, usage.Options):
          "Message bus: 'memory' (one process), or "
          "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) to "
          "share tunnels between several proxy instances."],
+        ["bus-ca-cert", None, None,
+         "PEM file of the CA certificate(s) to verify a rediss:// bus with (a "
+         "private CA); by default the system's trust store is used. The URL's "
+         "host name or IP address is always verified."],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a tunnel's answer before replying 504.",
          positive(float)],
@@ -160,6 +164,16 @@ class Options(EnvironmentOptions, usage.Options):
             message = str(e)
             raise usage.UsageError(
                 message if "--bus" in message else "--bus: " + message)
+        if self["bus-ca-cert"] is not None:
+            if not self["bus"].startswith("rediss://"):
+                raise usage.UsageError("--bus-ca-cert needs a rediss:// --bus")
+            from ..tls import load_trust_root
+
+            try:
+                load_trust_root(self["bus-ca-cert"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError("--bus-ca-cert {}: {}".format(
+                    self["bus-ca-cert"], e))
         if not self["bases"]:
             self["bases"] = ["http://localhost:6519"]
         for base in self["bases"]:
@@ -205,6 +219,7 @@ def makeService(config, reactor=None):
         base=config["base"],
         extra_bases=tuple(config["bases"][1:]),
         bus_url=config["bus"],
+        bus_ca_cert=config["bus-ca-cert"],
         request_timeout=config["request-timeout"],
         max_body=config["max-body"],
         rate_limit=config["rate-limit"],
