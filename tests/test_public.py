@@ -19,12 +19,14 @@ from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from brickchain_proxy.bus import BusUnavailable, MemoryBus, MemoryDirectory
 from brickchain_proxy.features import SUPPORTED
 from brickchain_proxy.messages import HttpRequest, WSRequest, WSTeardown, decode
+from brickchain_proxy.proxy import tap
 from brickchain_proxy.proxy.budget import ByteBudget
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
@@ -549,6 +551,34 @@ class ReservationTests(SynchronousTestCase):
         self.assertIsNone(refused)
         reservation.release()
         self.assertEqual(budget.total, 0)
+
+
+class ByteBudgetOptionTests(SynchronousTestCase):
+    """
+    C{--max-pending-bytes} and C{--max-tunnel-pending-bytes}.
+    """
+
+    def test_the_options_reach_the_budget(self):
+        """Both values end up in the public side's budget; the defaults are 256 and 32 MiB."""
+        config = tap.Options()
+        config.parseOptions([])
+        budget = tap.makeService(config).public.budget
+        self.assertEqual((budget.per_process, budget.per_tunnel),
+                         (256 * 1024 * 1024, 32 * 1024 * 1024))
+        config = tap.Options()
+        config.parseOptions(["--max-pending-bytes", "1000000",
+                             "--max-tunnel-pending-bytes", "0"])
+        budget = tap.makeService(config).public.budget
+        self.assertEqual((budget.per_process, budget.per_tunnel), (1000000, 0))
+
+    def test_a_budget_below_max_body_is_refused(self):
+        """A budget no request of --max-body bytes could pass is a usage error."""
+        for option in ["--max-pending-bytes", "--max-tunnel-pending-bytes"]:
+            with self.assertRaises(UsageError) as caught:
+                tap.Options().parseOptions([option, "1000", "--max-body", "2000"])
+            self.assertIn("must be at least --max-body", str(caught.exception))
+        with self.assertRaises(UsageError):
+            tap.Options().parseOptions(["--max-pending-bytes", "-1"])
 
 
 class GatewayTimeoutTests(_PublicTestCase):
