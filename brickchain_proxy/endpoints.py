@@ -59,11 +59,12 @@ def client_endpoint(reactor, host, port, tls=None, timeout=30, nodelay=True):
     return endpoint
 
 
-def verifying_tls(host):
+def verifying_tls(host, trust_root=None):
     """
     Client TLS options that verify C{host}'s certificate against the
-    system's trust store (service-identity checks the name).
+    system's trust store (or C{trust_root}), its name or IP address checked
+    strictly with service-identity: see L{brickchain_proxy.tls}.
     """
-    from twisted.internet.ssl import optionsForClientTLS
+    from .tls import verifying_tls
 
-    return optionsForClientTLS(host)
+    return verifying_tls(host, trust_root)

@@ -159,14 +159,20 @@ class RedisServer:
     One C{redis-server} child process.
 
     @ivar port: the TCP port (the same across L{restart}s).
-    @ivar url: C{redis://127.0.0.1:<port>}.
+    @ivar url: C{redis://127.0.0.1:<port>} (C{rediss://} over TLS).
+    @ivar tls_files: the L{tests.tls_support.TLSFiles} it serves TLS with
+        (then it has no plain port), or L{None}.
+    @ivar password: its C{requirepass}, or L{None}.
     """
 
     _log = Logger()
 
-    def __init__(self, executable, directory, extra=(), sentinel_conf=None):
+    def __init__(self, executable, directory, tls_files=None, password=None,
+                 extra=(), sentinel_conf=None):
         self._executable = executable
         self._directory = directory
+        self.tls_files = tls_files
+        self.password = password
         self._extra = list(extra)
         self._sentinel_conf = sentinel_conf  # text, with {port}: a sentinel
         self.port = None
@@ -174,20 +180,23 @@ class RedisServer:
         self._watcher = None
 
     @classmethod
-    def for_test(cls, testcase):
+    def for_test(cls, testcase, tls_files=None, password=None):
         """
         Start a server for C{testcase}; a cleanup stops it and removes its
         directory.
 
-        @raise SkipTest: if C{redis-server} is not installed.
+        @param tls_files: serve TLS (only) with these key and certificate,
+            trusting their authority for client certificates (none asked).
+        @raise SkipTest: if C{redis-server} is not installed (or, with
+            C{tls_files}, was built without TLS).
         @return: a L{Deferred} firing with the running L{RedisServer}.
         """
-        server = cls.create()
+        server = cls.create(tls_files, password)
         testcase.addCleanup(server.remove)
         return server.start().addCallback(lambda _: server)
 
     @classmethod
-    def create(cls, extra=(), sentinel_conf=None):
+    def create(cls, tls_files=None, password=None, extra=(), sentinel_conf=None):
         """
         A server, not started, with its own temporary directory.
 
@@ -202,12 +211,13 @@ class RedisServer:
             raise SkipTest(
                 "redis-server is not on PATH: install it (scripts/test does "
                 "it with apt) to run the Redis bus tests")
-        return cls(executable, tempfile.mkdtemp(prefix="brickproxy-redis-"), extra,
-                   sentinel_conf)
+        return cls(executable, tempfile.mkdtemp(prefix="brickproxy-redis-"),
+                   tls_files, password, extra, sentinel_conf)
 
     @property
     def url(self):
-        return "redis://127.0.0.1:{}".format(self.port)
+        return "{}://127.0.0.1:{}".format(
+            "redis" if self.tls_files is None else "rediss", self.port)
 
     @property
     def running(self):
@@ -239,6 +249,18 @@ class RedisServer:
             return self
 
     def _spawn(self, port):
+        if self.tls_files is None:
+            listen = ["--port", str(port)]
+            probe, expect = b"PING\r\n", b"+PONG"
+        else:
+            # Debian's redis-server is built with TLS (BUILD_TLS=yes).
+            files = self.tls_files
+            listen = ["--port", "0", "--tls-port", str(port),
+                      "--tls-cert-file", files.cert, "--tls-key-file", files.key,
+                      "--tls-ca-cert-file", files.ca, "--tls-auth-clients", "no"]
+            probe = expect = None  # a plain PING would only get a TLS alert
+        if self.password is not None:
+            listen += ["--requirepass", self.password]
         args = [self._executable]
         if self._sentinel_conf is not None:
             # A sentinel rewrites its configuration file: give it its own.
@@ -247,7 +269,7 @@ class RedisServer:
                 f.write(self._sentinel_conf.format(port=port))
             args += [conf, "--sentinel"]
         args += [
-            "--port", str(port),
+            *listen,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -267,7 +289,7 @@ class RedisServer:
             path=self._directory, childFDs={0: "w", 1: "r", 2: "r"})
         track_child(self._process, self._watcher)
         return wait_for_port(port, self._watcher, "redis-server",
-                             self.log_path, probe=b"PING\r\n", expect=b"+PONG")
+                             self.log_path, probe=probe, expect=expect)
 
     def stop(self, sig=signal.SIGTERM):
         """

@@ -348,20 +348,27 @@ def _stop_site(port, transports):
     yield close_connections(transports)
 
 
-def start_local_service(testcase, resource):
+def start_local_service(testcase, resource, tls=None):
     """
     Serve C{resource} on 127.0.0.1 on a free port until the end of the test.
 
-    @return: the base URL, C{http://127.0.0.1:<port>}.
+    @param tls: server TLS options (a C{CertificateOptions}) to serve HTTPS
+        with, or L{None} for plain HTTP.
+    @return: the base URL, C{http://127.0.0.1:<port>} (C{https://} with
+        C{tls}).
     """
     site = server.Site(resource)
     site.log = lambda request: None
     transports = track_connections(site)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    if tls is None:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    else:
+        port = reactor.listenSSL(0, site, tls, interface="127.0.0.1")
     testcase.addCleanup(_stop_site, port, transports)
     if hasattr(resource, "stop"):
         testcase.addCleanup(resource.stop)
-    return "http://127.0.0.1:{}".format(port.getHost().port)
+    return "{}://127.0.0.1:{}".format("http" if tls is None else "https",
+                                      port.getHost().port)
 
 
 def unused_local_url():

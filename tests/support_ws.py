@@ -187,21 +187,28 @@ class LocalWebSocketService:
         self.url = None
         self.port = None
 
-    def start(self, testcase):
+    def start(self, testcase, tls=None):
         """
         Listen on 127.0.0.1 on a free port until the end of the test.
 
-        @return: the base URL, C{http://127.0.0.1:<port>}.
+        @param tls: server TLS options (a C{CertificateOptions}) to serve
+            wss with, or L{None} for plain ws.
+        @return: the base URL, C{http://127.0.0.1:<port>} (C{https://}
+            with C{tls}).
         """
         factory = WebSocketServerFactory(reactor=reactor)
         factory.protocol = _LocalServiceProtocol
         factory.service = self
         factory.setProtocolOptions(openHandshakeTimeout=0)
         transports = track_connections(factory)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024)
+        if tls is None:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024)
+        else:
+            port = reactor.listenSSL(0, factory, tls, interface="127.0.0.1")
         testcase.addCleanup(self._stop, port, transports)
         self.port = port.getHost().port
-        self.url = "http://127.0.0.1:{}".format(self.port)
+        self.url = "{}://127.0.0.1:{}".format("http" if tls is None else "https",
+                                              self.port)
         return self.url
 
     def ws_url(self, path):

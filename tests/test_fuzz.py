@@ -78,6 +78,7 @@ from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
 from brickchain_proxy.proxy.tunnel_factory import TunnelServerFactory
 from brickchain_proxy.streams import frames
+from brickchain_proxy.tls import SYSTEM_TRUST
 from tests import protocol_vectors
 from tests.support import (
     RecordingResource,
@@ -847,6 +848,7 @@ class RecordingForwarder:
     rewrite = LocalRewrite()
     endpoint = None  # the local service is reached by its URL
     recorder = NO_RECORDER
+    tls = SYSTEM_TRUST  # how an https local service would be verified
 
     def __init__(self):
         self.requests = []

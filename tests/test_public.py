@@ -17,18 +17,23 @@ hub and nothing in flight.
 
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from brickchain_proxy.bus import BusUnavailable, MemoryBus, MemoryDirectory
 from brickchain_proxy.features import SUPPORTED
 from brickchain_proxy.messages import HttpRequest, WSRequest, WSTeardown, decode
+from brickchain_proxy.proxy import tap
+from brickchain_proxy.proxy.budget import ByteBudget
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.site import build_site
 from brickchain_proxy.proxy.visitor_ws import VisitorFactory
 from brickchain_proxy.ratelimit import TokenBucketLimiter
 from tests.support_http import VISITOR_ADDRESS, MemoryVisitor
-from tests.support_hub import CLIENT, FakeConnection
+from tests.support_hub import CLIENT, OTHER_CLIENT, FakeConnection
 
 DOMAIN = "proxy.test"
 TIMEOUT = 30.0
@@ -116,6 +121,9 @@ class _PublicTestCase(SynchronousTestCase):
         for visitor in self.visitors:
             visitor.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Every body byte held for a request was given back.
+        self.assertEqual((self.public.budget.total, self.public.budget.by_tunnel),
+                         (0, {}))
 
     def visit(self, method=b"GET", path=b"/", client_id=CLIENT, **kwargs):
         """
@@ -423,6 +431,154 @@ class UnavailableTests(_PublicTestCase):
         self.assertEqual(answer.header(b"connection"), [b"close"])
         self.assertTrue(visitor.closing)
         self.assertEqual(self.tunnel.sent, [])
+
+
+class ByteBudgetTests(_PublicTestCase):
+    """
+    The bytes of buffered bodies held for waiting requests are capped per
+    tunnel and per process (503 with Retry-After beyond), and given back
+    exactly when each request finishes, however it finishes.
+    """
+
+    def setUp(self):
+        _PublicTestCase.setUp(self)
+        self.public.max_pending = 100
+        self.public.budget = ByteBudget(per_process=500, per_tunnel=250)
+        self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def post(self, size, path=b"/", client_id=CLIENT):
+        return self.visit(b"POST", path, client_id=client_id, body=b"x" * size)
+
+    def held(self, client_id=CLIENT):
+        return self.public.budget.total, self.public.budget.by_tunnel.get(client_id, 0)
+
+    def test_a_waiting_body_is_held_and_given_back_when_answered(self):
+        """A body counts from forwarding until the answer; the answer's body too until written."""
+        visitor = self.post(100)
+        self.assertEqual(self.held(), (100, 100))
+        self.answer_all()
+        self.assertEqual(visitor.answer().status, 200)
+        self.assertEqual(self.held(), (0, 0))
+
+    def test_a_body_over_the_tunnel_budget_gets_503_with_retry_after(self):
+        """Past the tunnel's budget: 503 naming the limit, Retry-After, a log line; never sent."""
+        waiting = [self.post(100, b"/%d" % (i,)) for i in range(2)]
+        refused = self.post(100, b"/refused")
+        answer = refused.answer()
+        self.assertPlainText(answer, 503, "too many request bytes waiting for this "
+                             "tunnel (limit 250 bytes); retry\n")
+        self.assertEqual(answer.header(b"retry-after"), [b"1"])
+        self.assertEqual([r.url for r in self.forwarded()], ["/0", "/1"])
+        (event,) = [e for e in self.log if "bytes refused" in e.get("log_format", "")]
+        self.assertEqual((event["size"], event["held"], event["limit"]), (100, 200, 250))
+        self.assertEqual(self.held(), (200, 200))
+        self.answer_all()
+        self.assertEqual([v.answer().status for v in waiting], [200, 200])
+
+    def test_a_body_over_the_process_budget_gets_503(self):
+        """The process budget counts every tunnel's bodies."""
+        other = FakeConnection(features=SUPPORTED)
+        self.successResultOf(self.hub.attach(OTHER_CLIENT, other))
+        first = [self.post(200, b"/a"), self.post(200, b"/b", client_id=OTHER_CLIENT)]
+        refused = self.post(200, b"/c", client_id=OTHER_CLIENT)
+        self.assertPlainText(refused.answer(), 503, "too many request bytes waiting "
+                             "for this proxy (limit 500 bytes); retry\n")
+        self.assertEqual(self.held(OTHER_CLIENT), (400, 200))
+        self.answer_all()
+        for raw in other.sent:
+            other.answer(self.hub, raw)
+        self.assertEqual([v.answer().status for v in first], [200, 200])
+
+    def test_a_request_without_a_body_passes_a_full_budget(self):
+        """A GET holds nothing while it waits, so a full budget does not refuse it."""
+        full = [self.post(125, b"/%d" % (i,)) for i in range(2)]
+        get = self.visit(path=b"/get")
+        self.assertEqual(self.held(), (250, 250))
+        self.answer_all()
+        self.assertEqual([v.answer().status for v in full + [get]], [200, 200, 200])
+
+    def test_the_bytes_are_given_back_on_timeout(self):
+        """A 504 gives the body's bytes back."""
+        visitor = self.post(100)
+        self.clock.advance(TIMEOUT)
+        self.assertEqual(visitor.answer().status, 504)
+        self.assertEqual(self.held(), (0, 0))
+
+    def test_the_bytes_are_given_back_when_the_visitor_leaves(self):
+        """A visitor hanging up gives the body's bytes back at once."""
+        visitor = self.post(100)
+        visitor.close()
+        self.assertEqual(self.held(), (0, 0))
+        self.assertFalse(self.tunnel.answer(self.hub, self.tunnel.sent[0]))
+        self.assertEqual(self.held(), (0, 0))
+
+    def test_the_bytes_are_given_back_when_the_tunnel_fails(self):
+        """A lost tunnel connection (502) gives the body's bytes back."""
+        visitor = self.post(100)
+        self.hub.connection_lost(self.tunnel)
+        self.assertEqual(visitor.answer().status, 502)
+        self.assertEqual(self.held(), (0, 0))
+
+    def test_an_oversized_answer_gives_everything_back(self):
+        """An answer over max_body (502) is counted, then given back with the request."""
+        visitor = self.post(100)
+        self.tunnel.answer(self.hub, self.tunnel.sent[0], body=b"x" * (MAX_BODY + 1))
+        self.assertEqual(visitor.answer().status, 502)
+        self.assertEqual(self.held(), (0, 0))
+
+
+class ReservationTests(SynchronousTestCase):
+    """
+    L{ByteBudget} on its own.
+    """
+
+    def test_a_reservation_is_given_back_exactly_once(self):
+        """Releasing twice, or growing after the release, changes nothing."""
+        budget = ByteBudget(100, 50)
+        reservation, refused = budget.reserve(CLIENT, 30)
+        self.assertIsNone(refused)
+        reservation.grow(10)
+        self.assertEqual((budget.total, budget.by_tunnel), (40, {CLIENT: 40}))
+        reservation.release()
+        reservation.release()
+        reservation.grow(10)
+        self.assertEqual((budget.total, budget.by_tunnel), (0, {}))
+
+    def test_zero_means_no_limit(self):
+        """A budget of 0 never refuses."""
+        budget = ByteBudget(0, 0)
+        reservation, refused = budget.reserve(CLIENT, 10 ** 12)
+        self.assertIsNone(refused)
+        reservation.release()
+        self.assertEqual(budget.total, 0)
+
+
+class ByteBudgetOptionTests(SynchronousTestCase):
+    """
+    C{--max-pending-bytes} and C{--max-tunnel-pending-bytes}.
+    """
+
+    def test_the_options_reach_the_budget(self):
+        """Both values end up in the public side's budget; the defaults are 256 and 32 MiB."""
+        config = tap.Options()
+        config.parseOptions([])
+        budget = tap.makeService(config).public.budget
+        self.assertEqual((budget.per_process, budget.per_tunnel),
+                         (256 * 1024 * 1024, 32 * 1024 * 1024))
+        config = tap.Options()
+        config.parseOptions(["--max-pending-bytes", "1000000",
+                             "--max-tunnel-pending-bytes", "0"])
+        budget = tap.makeService(config).public.budget
+        self.assertEqual((budget.per_process, budget.per_tunnel), (1000000, 0))
+
+    def test_a_budget_below_max_body_is_refused(self):
+        """A budget no request of --max-body bytes could pass is a usage error."""
+        for option in ["--max-pending-bytes", "--max-tunnel-pending-bytes"]:
+            with self.assertRaises(UsageError) as caught:
+                tap.Options().parseOptions([option, "1000", "--max-body", "2000"])
+            self.assertIn("must be at least --max-body", str(caught.exception))
+        with self.assertRaises(UsageError):
+            tap.Options().parseOptions(["--max-pending-bytes", "-1"])
 
 
 class GatewayTimeoutTests(_PublicTestCase):

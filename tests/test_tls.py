@@ -209,4 +209,20 @@ class VerificationTests(_TLSFixture, TestCase):
         self.flushLoggedErrors(CertificateError)
         self.assertIsNone(client.registration)
         # Twisted's own check only logs service-identity's CertificateError
-        # and lets the handshake through; the client's second check refuses.
+        # and lets the handshake through; ours (brickchain_proxy.tls) refuses
+        # the handshake, and the client's second check would refuse too.
+        self.assertIn("certificate not valid for localhost",
+                      formatEvent(self.tls_failures()[0]))
+
+    async def test_an_ip_address_proxy_url_is_checked_against_ip_addresses(self):
+        """
+        C{--proxy https://127.0.0.1:<port>} is verified against the
+        certificate's IP addresses (the client's second check used to ask
+        for a DNS name and refused every address).
+        """
+        files = self.tls_files(dns_names=("proxy.test",))
+        proxy, port, _ = await start_tls_proxy(self, files, DOMAIN, "127.0.0.1")
+        client = start_client(self, "https://127.0.0.1:{}".format(port),
+                              self.local_url, ca_cert=files.ca)
+        await client.when_registered()
+        self.assertEqual(self.tls_failures(), [])

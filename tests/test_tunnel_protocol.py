@@ -46,6 +46,7 @@ from brickchain_proxy.messages import (
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.tunnel import PING
 from brickchain_proxy.proxy.tunnel_factory import TunnelServerFactory
+from brickchain_proxy.tls import SYSTEM_TRUST
 from tests.support_tunnel import (
     BASE,
     CLOSE_NORMAL,
@@ -582,6 +583,7 @@ class FakeForwarder:
     rewrite = LocalRewrite()
     endpoint = None  # the local service is reached by its URL
     recorder = NO_RECORDER
+    tls = SYSTEM_TRUST  # how an https local service would be verified
 
 
 class ClientProtocolTestCase(TestCase):

@@ -286,6 +286,105 @@ class RemoteStreamTests(_HubFlowTestCase):
         self.assertEqual(self.b.streams, {})
 
 
+class RelayLifetimeTests(_HubFlowTestCase):
+    """
+    A websocket A relays for a visitor on B lives as long as B listens:
+    A's probe, and the result of publishing each of the tunnel's frames to
+    B, find B gone, and A then ends the relay and tells the client (a
+    ws-teardown, 1001 where the client takes close codes).
+    """
+
+    def setUp(self):
+        _HubFlowTestCase.setUp(self)
+        self.a = self.make_hub("a")
+        self.b = self.make_hub("b")
+        self.connection = FakeConnection()
+        self.a.attach(CLIENT, self.connection)
+        self.visitor = FakeVisitor()
+        self.stream_id, raw = ws_request()
+        self.opened = self.b.websockets.open(CLIENT, self.stream_id, raw, self.visitor)
+        self.pump()
+
+    def accept(self):
+        self.connection.answer(self.a, WSResponse(id=self.stream_id, ok=True))
+        self.pump()
+        self.successResultOf(self.opened)
+        self.assertEqual(len(self.a.relays), 1)
+
+    def kill_b(self):
+        """
+        B dies without a word: its subscriptions are simply gone (and so
+        is its visitor).
+        """
+        self.hubs.remove(self.b)
+        for channel in self.b._channels:
+            self.bus.unsubscribe(channel, self.b._bus_received)
+
+    def assertTornDown(self):
+        self.assertEqual(len(self.a.relays), 0)
+        last = self.connection.sent[-1]
+        self.assertEqual((type(last), last.id), (WSTeardown, self.stream_id))
+
+    def test_the_probe_keeps_the_relay_of_a_listening_origin(self):
+        """While B listens, A's probe changes nothing."""
+        self.accept()
+        self.a.probe_remote()
+        self.pump()
+        self.assertEqual(len(self.a.relays), 1)
+        self.assertEqual([type(m) for m in self.connection.sent], [WSRequest])
+        self.b.websockets.to_tunnel(self.stream_id, encode(WSTeardown(id=self.stream_id)),
+                                    last=True)
+        self.pump()
+
+    def test_the_probe_ends_the_relay_of_a_vanished_origin(self):
+        """A's periodic probe finds B gone: relay dropped, client told (idle websocket)."""
+        self.accept()
+        self.kill_b()
+        self.a.probe_remote()
+        self.pump()
+        self.assertTornDown()
+
+    def test_a_frame_nobody_receives_ends_the_relay(self):
+        """A frame from the tunnel that reaches nobody on B's channel ends the relay."""
+        self.accept()
+        self.kill_b()
+        self.connection.answer(self.a, text(self.stream_id, "anyone?"))
+        self.pump()
+        self.assertTornDown()
+        self.assertEqual(self.visitor.delivered, [])
+
+    def test_an_accepting_answer_nobody_receives_ends_the_relay(self):
+        """The ws-response itself reaching nobody (B died while it opened) ends the relay."""
+        self.kill_b()
+        self.connection.answer(self.a, WSResponse(id=self.stream_id, ok=True))
+        self.pump()
+        self.assertTornDown()
+        self.opened.cancel()  # what is left of B
+        self.failureResultOf(self.opened, CancelledError)
+        self.pump()
+
+    def test_close_codes_reach_a_client_that_takes_them(self):
+        """A client speaking ws-close is told 1001 and why."""
+        self.connection.features = frozenset([WS_CLOSE])
+        self.accept()
+        self.kill_b()
+        self.a.probe_remote()
+        self.pump()
+        self.assertTornDown()
+        self.assertEqual(self.connection.sent[-1].code, 1001)
+        self.assertIn("visitor's proxy instance is gone", self.connection.sent[-1].reason)
+
+    def test_a_bus_that_is_down_proves_nothing(self):
+        """A probe that cannot be published (bus down) keeps the relay."""
+        self.accept()
+        self.a.relay_published(None, self.stream_id, self.a.relays.find(self.stream_id))
+        self.a._relay_origin_probed(None, "b")
+        self.assertEqual(len(self.a.relays), 1)
+        self.b.websockets.to_tunnel(self.stream_id, encode(WSTeardown(id=self.stream_id)),
+                                    last=True)
+        self.pump()
+
+
 # -- the client's side ----------------------------------------------------------
 
 

@@ -134,6 +134,15 @@ class TLSFiles:
         with open(self.ca, "rb") as f:
             return f.read()
 
+    def server_options(self):
+        """
+        Server TLS options (a C{CertificateOptions}) serving these key and
+        certificate, for C{listenSSL}.
+        """
+        with open(self.key, "rb") as key, open(self.cert, "rb") as cert:
+            pem = key.read() + cert.read()
+        return ssl.PrivateCertificate.loadPEM(pem).options()
+
     def listen(self, port=0, interface="127.0.0.1"):
         """
         A Twisted server endpoint string serving these key and certificate

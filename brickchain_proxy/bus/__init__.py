@@ -58,18 +58,21 @@ def validate_bus_url(url):
     )
 
 
-def open_backend(url, reactor, directory_ttl=60):
+def open_backend(url, reactor, directory_ttl=60, ca_cert=None):
     """
     Build (without connecting) the backend a C{--bus} URL names.  It has
     C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)}
     and C{rate_limiter(local_limiter)}.
+
+    @param ca_cert: for C{rediss://}, a PEM file of the CA certificate(s)
+        the server is verified with (default: the system's trust store).
     """
     validate_bus_url(url)
     if url == "memory":
         return MemoryBackend(reactor)
     from .redis import RedisBackend
 
-    return RedisBackend(url, reactor, directory_ttl=directory_ttl)
+    return RedisBackend(url, reactor, directory_ttl=directory_ttl, ca_cert=ca_cert)
 
 
 __all__ = ["IBackend", "IBus", "ITunnelDirectory", "BusUnavailable", "MemoryBus",

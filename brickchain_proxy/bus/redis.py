@@ -19,10 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..endpoints import client_endpoint, verifying_tls
+from ..endpoints import client_endpoint
+from ..tls import ClientTLSPolicy, tls_failure_reason
 from .interface import BusUnavailable, IBackend, IBus
 from .redis_state import RedisDirectory, RedisRateLimiter
 from .sentinel import SCHEME as SENTINEL_SCHEME
@@ -58,13 +60,44 @@ def parse_redis_url(url):
     )
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _VerifiedFirst:
+    """
+    Over TLS, hold txredisapi's C{connectionMade} (AUTH, SELECT, then
+    "connected") until the handshake is done, so that nothing -- the
+    password least of all -- is sent to a server whose certificate has not
+    been verified yet, and a refused certificate is only a lost connection
+    (txredisapi takes an AUTH that failed on a lost connection for a wrong
+    password and would stop reconnecting for good).  The refusal is logged
+    with its reason; the pool slot reconnects with backoff.
+    """
+
+    _waiting_for_tls = False
+
+    def connectionMade(self):
+        if self.factory.backend.tls is not None:
+            self._waiting_for_tls = True
+            return None
+        return self._talk()
+
+    def handshakeCompleted(self):
+        if self._waiting_for_tls:
+            self._waiting_for_tls = False
+            self._talk()
+
+    def _tls_failed(self, reason):
+        if self._waiting_for_tls:
+            self._waiting_for_tls = False
+            self.factory.backend._tls_failed(reason)
+
+
+@implementer(IHandshakeListener)
+class _Subscriber(_VerifiedFirst, txredisapi.SubscriberProtocol):
     """
     The subscriber connection: hands messages to the backend and
     re-subscribes after every (re)connect.
     """
 
-    def connectionMade(self):
+    def _talk(self):
         d = txredisapi.SubscriberProtocol.connectionMade(self)
         self.whenConnected().addCallback(self.factory.backend._subscriber_ready)
         return d
@@ -73,15 +106,21 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.backend._message(channel, message)
 
     def connectionLost(self, reason):
+        self._tls_failed(reason)
         self.factory.backend._subscriber_lost(self)
         return txredisapi.SubscriberProtocol.connectionLost(self, reason)
 
 
-class _Commands(txredisapi.RedisProtocol):
-    def connectionMade(self):
+@implementer(IHandshakeListener)
+class _Commands(_VerifiedFirst, txredisapi.RedisProtocol):
+    def _talk(self):
         d = txredisapi.RedisProtocol.connectionMade(self)
         self.whenConnected().addCallback(self.factory.backend._commands_ready)
         return d
+
+    def connectionLost(self, reason):
+        self._tls_failed(reason)
+        return txredisapi.RedisProtocol.connectionLost(self, reason)
 
 
 @implementer(IBackend)
@@ -96,10 +135,11 @@ class RedisBackend:
     _log = Logger()
 
     def __init__(self, url, reactor, prefix="brickproxy:", reply_timeout=5.0,
-                 directory_ttl=60):
+                 directory_ttl=60, ca_cert=None):
         self._sentinels = self._master_endpoint = self._master_watch = None
         if url.startswith(SENTINEL_SCHEME + "://"):
             self._config = parse_sentinel_url(url)
+            self._config["tls"] = False
             self._sentinels, self._master_endpoint = sentinel_endpoint(
                 reactor, self._config)
             self._master_watch = MasterWatch(reactor, self._sentinels,
@@ -108,6 +148,9 @@ class RedisBackend:
         else:
             self._config = parse_redis_url(url)
             self._url_for_logs = "{}:{}".format(self._config["host"], self._config["port"])
+        #: how a rediss:// server is verified (L{ClientTLSPolicy}), or
+        #: L{None} for plain redis:// (and sentinels)
+        self.tls = ClientTLSPolicy(ca_cert) if self._config["tls"] else None
         self._reactor = reactor
         self.prefix = prefix
         self._reply_timeout = reply_timeout
@@ -157,7 +200,7 @@ class RedisBackend:
         if self._master_endpoint is not None:
             return self._master_endpoint
         config = self._config
-        tls = verifying_tls(config["host"]) if config["tls"] else None
+        tls = None if self.tls is None else self.tls.creator(config["host"])
         return client_endpoint(self._reactor, config["host"], config["port"], tls,
                                timeout=5)
 
@@ -167,6 +210,13 @@ class RedisBackend:
         for connection in (self._commands, self._subscriber):
             if connection is not None and connection.transport is not None:
                 connection.transport.loseConnection()
+
+    def _tls_failed(self, reason):
+        why = tls_failure_reason(reason) or "connection lost during the TLS handshake"
+        self._log.error(
+            "TLS verification of Redis at {redis} failed: {error} (verified "
+            "against {trust}: see --bus-ca-cert); retrying",
+            redis=self._url_for_logs, error=why, trust=self.tls.describe())
 
     def stop(self):
         """

@@ -21,11 +21,12 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..compat import connection_header_names
-from ..endpoints import client_endpoint, verifying_tls
+from ..endpoints import client_endpoint
 from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
 from ..metrics import NO_CLIENT_METRICS
+from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
 from .inspector import NO_RECORDER
 from .rewrite import LocalRewrite
 from .urls import local_url
@@ -73,13 +74,16 @@ class LocalEndpoints:
 
     @param endpoint: L{None}, or the one endpoint every local connection
         goes through (an in-process service, L{brickchain_proxy.client.inprocess.InProcessEndpoint}).
+    @param tls: the L{ClientTLSPolicy} an C{https} service is verified with
+        (its name or IP address as in the URL, whatever C{--local-host} says).
     """
 
-    def __init__(self, reactor, timeout, endpoint=None):
+    def __init__(self, reactor, timeout, endpoint=None, tls=SYSTEM_TRUST):
         self._reactor = reactor
         self._timeout = timeout
         self._endpoints = {}
         self._endpoint = endpoint
+        self._tls = tls
 
     def endpointForURI(self, uri):
         if self._endpoint is not None:
@@ -93,7 +97,7 @@ class LocalEndpoints:
     def _build(self, scheme, host, port):
         name = host.decode("ascii")
         if scheme == b"https":
-            return client_endpoint(self._reactor, name, port, verifying_tls(name),
+            return client_endpoint(self._reactor, name, port, self._tls.creator(name),
                                    timeout=self._timeout)
         if scheme != b"http":
             raise ValueError("unsupported scheme {!r}".format(scheme))
@@ -186,13 +190,15 @@ class LocalForwarder:
         (streamed ones too, by L{streamed.LocalStreamedRequest}).
     @param recorder: the L{IExchangeRecorder} told of every request (the
         inspector's log; by default L{NO_RECORDER}).
+    @param tls: the L{ClientTLSPolicy} for an C{https} local service
+        (default: the system's trust store); local websockets use it too.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, timeout=25.0, max_body=512000,
                  pool_size=64, clock=None, rewrite=None, endpoint=None,
-                 metrics=NO_CLIENT_METRICS, recorder=None):
+                 metrics=NO_CLIENT_METRICS, recorder=None, tls=SYSTEM_TRUST):
         parts = urlsplit(local_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -212,8 +218,10 @@ class LocalForwarder:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         self.pool.cachedConnectionTimeout = 110
+        #: how an https local service's certificate is verified
+        self.tls = tls
         self._agent = Agent.usingEndpointFactory(
-            reactor, LocalEndpoints(reactor, timeout, endpoint), pool=self.pool)
+            reactor, LocalEndpoints(reactor, timeout, endpoint, tls), pool=self.pool)
         #: the endpoint every local connection goes through, or L{None}
         self.endpoint = endpoint
         self._in_flight = set()
@@ -331,6 +339,13 @@ class LocalForwarder:
             )
             return _error(message, 502, "the local service's response is larger "
                           "than the tunnel's limit of {} bytes".format(self.max_body))
+        why = tls_failure_reason(failure)
+        if why is not None:
+            self._log.error(
+                "TLS verification of the local service failed for {method} {url}: "
+                "{error} (verified against {trust})", method=message.method,
+                url=message.url, error=why, trust=self.tls.describe())
+            return _error(message, 502, LOCAL_TLS_REFUSED + self.tls.explain(why))
         self._log.warn(
             "local service failed for {method} {url}: {error}",
             method=message.method, url=message.url,

@@ -13,11 +13,12 @@ from autobahn.twisted.websocket import (
 )
 from twisted.logger import Logger
 
-from ..endpoints import client_endpoint, verifying_tls
+from ..endpoints import client_endpoint
 from ..errors import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG
 from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
+from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
 from ..wsutil import SendBufferWatch, close_websocket, is_open
 from .rewrite import LocalRewrite
 from .streamed_ws import StreamedLocal, StreamHead
@@ -144,10 +145,21 @@ class LocalWebSocket(WebSocketClientProtocol):
         self._closed_by_tunnel = True
         close_websocket(self, code, reason)
 
+    _tls_refused = None
+
+    def connectionLost(self, reason):
+        why = tls_failure_reason(reason)
+        if why is not None and not self._opened:
+            self._tls_refused = why
+        return WebSocketClientProtocol.connectionLost(self, reason)
+
     def onClose(self, wasClean, code, reason):
         manager = self.factory.manager
         manager.forget_backpressure(self)
         if not self._opened:
+            if self._tls_refused is not None:
+                manager.local_tls_refused(self.factory.stream_id, self._tls_refused)
+                return
             manager.local_failed(self.factory.stream_id, reason or "connection closed")
             return
         if self.closedByMe and self.localCloseCode is not None:
@@ -177,12 +189,14 @@ class LocalWebSockets:
     @param endpoint: L{None} (connect to C{local_url}'s host and port), or
         the endpoint every local websocket goes through (an in-process
         service).
+    @param tls: the L{ClientTLSPolicy} a C{wss} local service is verified
+        with.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, local_url, send, features, timeout=25.0,
-                 max_message_size=512000, backpressure=None, tls_options=None,
+                 max_message_size=512000, backpressure=None, tls=SYSTEM_TRUST,
                  rewrite=None, endpoint=None):
         parts = urlsplit(local_url)
         self._reactor = reactor
@@ -197,7 +211,7 @@ class LocalWebSockets:
         self.max_message_size = max_message_size
         self.max_buffered = max(4 * max_message_size, 4 * 1024 * 1024)
         self._backpressure = backpressure
-        self._tls_options = tls_options
+        self._tls = tls
         self._rewrite = rewrite if rewrite is not None else LocalRewrite()
         self._endpoint = endpoint
         self.streams = {}  # stream id -> LocalWebSocket, or a connect Deferred
@@ -264,7 +278,7 @@ class LocalWebSockets:
         if endpoint is None:
             tls = None
             if self._secure:
-                tls = self._tls_options or verifying_tls(self._host)
+                tls = self._tls.creator(self._host)
             endpoint = client_endpoint(self._reactor, self._host, self._port, tls,
                                        timeout=self.timeout)
         d = endpoint.connect(factory)
@@ -328,6 +342,17 @@ class LocalWebSockets:
         if self.streams.pop(stream_id, None) is not None:
             self._answer(stream_id, False, "the local service refused the "
                          "websocket: {}".format(reason))
+
+    def local_tls_refused(self, stream_id, why):
+        """
+        The local service's certificate was refused: the visitor is told
+        why (a 502), the operator too.
+        """
+        self._log.error("TLS verification of the local service failed for a "
+                        "websocket: {error} (verified against {trust})",
+                        error=why, trust=self._tls.describe())
+        if self.streams.pop(stream_id, None) is not None:
+            self._answer(stream_id, False, LOCAL_TLS_REFUSED + self._tls.explain(why))
 
     def local_message(self, stream_id, payload, is_binary):
         stream = self._streamed.get(stream_id)

@@ -29,6 +29,7 @@ from ..identity import ClientKey
 from ..listener import Listener
 from ..mandate_tokens import WRONG_ENDPOINT
 from ..metrics import NO_CLIENT_METRICS, ClientMetrics, metrics_site
+from ..tls import ClientTLSPolicy
 from .forward import LocalForwarder
 from .inprocess import InProcessEndpoint
 from .rewrite import LocalRewrite
@@ -126,32 +127,14 @@ def path_url(proxy_url, client_id):
 
 def tls_options_for(hostname, ca_cert=None):
     """
-    TLS client options that verify the proxy's certificate and hostname
-    (service-identity): against the platform's trust store, or against the
-    CA certificate(s) in the PEM file C{ca_cert} for private CAs.
+    TLS client options that verify the proxy's certificate and hostname (or
+    IP address) strictly with service-identity (L{brickchain_proxy.tls}):
+    against the platform's trust store, or against the CA certificate(s) in
+    the PEM file C{ca_cert} for private CAs.
     """
-    from twisted.internet import ssl
+    from ..tls import load_trust_root, verifying_tls
 
-    if ca_cert is None:
-        return ssl.optionsForClientTLS(hostname)
-    with open(ca_cert, "rb") as f:
-        pem = f.read()
-    authorities = [
-        ssl.Certificate.loadPEM(block)
-        for block in _pem_blocks(pem)
-    ]
-    if not authorities:
-        raise ValueError("no certificate in {}".format(ca_cert))
-    return ssl.optionsForClientTLS(
-        hostname, trustRoot=ssl.trustRootFromCertificates(authorities))
-
-
-def _pem_blocks(pem):
-    marker = b"-----END CERTIFICATE-----"
-    for chunk in pem.split(marker)[:-1]:
-        start = chunk.find(b"-----BEGIN CERTIFICATE-----")
-        if start >= 0:
-            yield chunk[start:] + marker + b"\n"
+    return verifying_tls(hostname, None if ca_cert is None else load_trust_root(ca_cert))
 
 
 def proxy_endpoint(reactor, ws_url, tls_options=None):
@@ -237,6 +220,10 @@ class TunnelClientService(service.MultiService):
         (C{GET /metrics}), or L{None} for none.
     @param recorder: the inspector's L{inspector.IExchangeRecorder} the
         forwarder reports to (default: none).
+    @param local_ca_cert: a PEM file of the CA certificate(s) an https/wss
+        local service is verified with (default: the system's trust store).
+    @param local_insecure: verify nothing about an https/wss local
+        service's certificate (a warning is logged at start).
 
     @ivar registration: the latest L{Registration}, or L{None}.
     @ivar public_url: the URL visitors use, once registered.
@@ -253,7 +240,8 @@ class TunnelClientService(service.MultiService):
                  session=None, state_path=None, ping_timeout=20.0,
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
-                 local_host=None, metrics=None, recorder=None):
+                 local_host=None, metrics=None, recorder=None, local_ca_cert=None,
+                 local_insecure=False):
         service.MultiService.__init__(self)
         if IResource.providedBy(local):
             self.local_endpoint = InProcessEndpoint(
@@ -275,8 +263,12 @@ class TunnelClientService(service.MultiService):
         self._local_url = local_url
         #: the extensions offered to the proxy (default: all we speak)
         self.features = features
+        #: how an https/wss local service is verified
+        self.local_tls = ClientTLSPolicy(local_ca_cert, local_insecure,
+                                         option="--local-ca-cert")
         self.forwarder = LocalForwarder(
             reactor, local_url, timeout=local_timeout, max_body=max_body,
+            tls=self.local_tls,
             rewrite=LocalRewrite(local_headers, local_host),
             endpoint=self.local_endpoint,
             metrics=self.metrics,
@@ -311,6 +303,12 @@ class TunnelClientService(service.MultiService):
 
     def startService(self):
         self._stopped = False
+        if self.local_tls.insecure and self._local_url.startswith("https://"):
+            self._log.warn(
+                "--local-insecure: the certificate of the local service at {url} "
+                "is not verified (no authority, no name): anyone on the path to "
+                "it can read and change what the tunnel forwards",
+                url=self._local_url)
         try:
             self.key = ClientKey.load_or_create(self._key_path)
         except (OSError, ValueError) as e:

@@ -21,6 +21,7 @@ from ..features import MULTI_HEADER
 from ..headers import headers_to_wire, wire_to_pairs
 from ..metrics import ABORTED
 from ..streams.session import IStreamHandler
+from ..tls import LOCAL_TLS_REFUSED, tls_failure_reason
 from .inspector import NULL_EXCHANGE
 
 _DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
@@ -283,6 +284,13 @@ class LocalStreamedRequest:
     def _local_failed(self, failure):
         self._cancel_timer()
         if self._done:
+            return
+        why = tls_failure_reason(failure)
+        if why is not None:
+            self._log.error("TLS verification of the local service failed: {error} "
+                            "(verified against {trust})", error=why,
+                            trust=self._forwarder.tls.describe())
+            self._answer_error(502, LOCAL_TLS_REFUSED + self._forwarder.tls.explain(why))
             return
         self._log.warn("local service failed: {error}",
                        error=failure.getErrorMessage() or failure.type.__name__)

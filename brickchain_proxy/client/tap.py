@@ -50,6 +50,11 @@ class Options(EnvironmentOptions, usage.Options):
          "PEM file of the CA certificate(s) to verify an https proxy with "
          "(a private CA); by default the system's trust store is used. The "
          "proxy's hostname is always verified."],
+        ["local-ca-cert", None, None,
+         "PEM file of the CA certificate(s) to verify an https local service "
+         "with (a private CA, or a self-signed certificate itself); by default "
+         "the system's trust store is used. The --local URL's host name or IP "
+         "address is always verified."],
         ["local-host", None, None,
          "The Host header sent to the local service [default: the --local "
          "URL's host]."],
@@ -70,6 +75,13 @@ class Options(EnvironmentOptions, usage.Options):
         ["inspect-body-limit", None, 65536,
          "How many bytes of each request and response body the inspector "
          "keeps; the rest is counted, not kept.", positive(int)],
+    ]
+
+    optFlags = [
+        ["local-insecure", None,
+         "Do not verify an https local service's certificate at all (a "
+         "self-signed certificate for another name); logs a warning at start. "
+         "Prefer --local-ca-cert."],
     ]
 
     def __init__(self):
@@ -103,6 +115,17 @@ class Options(EnvironmentOptions, usage.Options):
             raise usage.UsageError(
                 "--local must be an http:// or https:// URL: {!r}".format(self["local"])
             )
+        if self["local-ca-cert"] is not None:
+            if self["local-insecure"]:
+                raise usage.UsageError(
+                    "--local-ca-cert and --local-insecure exclude each other")
+            from ..tls import load_trust_root
+
+            try:
+                load_trust_root(self["local-ca-cert"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError("--local-ca-cert {}: {}".format(
+                    self["local-ca-cert"], e))
         if self["metrics"] is not None:
             check_server_endpoint(self["metrics"], "--metrics")
         if self["inspect"] is not None:
@@ -141,6 +164,8 @@ def makeService(config, reactor=None):
         ca_cert=config["ca-cert"],
         local_headers=config["local-headers"],
         local_host=config["local-host"],
+        local_ca_cert=config["local-ca-cert"],
+        local_insecure=bool(config["local-insecure"]),
         metrics=config["metrics"],
         recorder=log,
     )

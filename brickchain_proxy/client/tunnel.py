@@ -35,6 +35,7 @@ from ..messages import (
 from ..wsutil import TunnelBackpressure, fail_if_invalid_text
 from ..streams.frames import FrameError
 from ..streams.session import CONNECTION_LOST, StreamSession
+from ..tls import CertificateRefused, check_identity, tls_failure_reason
 from .local_ws import LocalWebSockets
 from .streamed import LocalStreamedRequest
 
@@ -89,6 +90,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 backpressure=self.backpressure,
                 rewrite=factory.forwarder.rewrite,
                 endpoint=factory.forwarder.endpoint,
+                tls=factory.forwarder.tls,
             )
             request = RegistrationRequest(
                 mandate_token=factory.key.sign_mandate_token(
@@ -104,20 +106,22 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
     def _proxy_identity_verified(self):
         """
-        Check the proxy's certificate against its hostname once more, with
-        service-identity, before the mandate token is sent.  Twisted already
-        verifies during the handshake, but it lets a certificate through
-        when service-identity fails with an error other than a mismatch
-        (e.g. a malformed wildcard); this refuses those too.
+        Check the proxy's certificate against its hostname (or IP address)
+        once more, with service-identity, before the mandate token is sent.
+        Our own TLS options (L{brickchain_proxy.tls}) already refuse in the
+        handshake; this covers options a library user passed in, e.g.
+        Twisted's own, which let a certificate through when service-identity
+        fails with an error other than a mismatch (a malformed wildcard).
         """
         handle = getattr(self.transport, "getHandle", lambda: None)()
         if handle is None or not hasattr(handle, "get_peer_certificate"):
             return True  # plain ws://
         hostname = self.factory.tls_hostname
         try:
-            from service_identity.pyopenssl import verify_hostname
-
-            verify_hostname(handle, hostname)
+            certificate = handle.get_peer_certificate()
+            if certificate is None:
+                raise CertificateRefused("no certificate")
+            check_identity(certificate.to_cryptography(), hostname)
         except Exception as e:
             self.tls_error = "certificate not valid for {}".format(hostname)
             self._log.error(
@@ -271,11 +275,12 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 d.addErrback(lambda f: f.trap(RegistrationFailed))
 
     def connectionLost(self, reason):
-        if _is_tls_failure(reason):
-            self.tls_error = reason.getErrorMessage()
+        why = tls_failure_reason(reason)
+        if why is not None:
+            self.tls_error = why
             self._log.error(
                 "TLS verification of the proxy failed, not connecting: {error}",
-                error=reason.getErrorMessage(),
+                error=why,
             )
         return WebSocketClientProtocol.connectionLost(self, reason)
 
@@ -301,15 +306,6 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 "connection closed before registration ({}: {})".format(code, reason)
             )
         self.factory.connection_closed(self, code, reason)
-
-
-def _is_tls_failure(reason):
-    try:
-        from OpenSSL.SSL import Error as SSLError
-        from service_identity import VerificationError
-    except ImportError:
-        return False
-    return bool(reason.check(SSLError, VerificationError))
 
 
 class TunnelClientFactory(WebSocketClientFactory):

@@ -40,9 +40,9 @@ from ..bus import envelope
 from ..bus.envelope import EnvelopeError
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
-from ..errors import RemoteFailure, TunnelOffline
+from ..errors import CLOSE_GOING_AWAY, RemoteFailure, TunnelOffline
 from ..features import SUPPORTED
-from ..messages import MessageError, WSMessage, WSTeardown, decode
+from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
 from .relay import RelayTable, adapt_to
 from .remote_streams import RemoteTunnels
 from .stream_relay import StreamRelays
@@ -387,15 +387,54 @@ class TunnelHub:
             return True
         relay = self.relays.get(message.id, connection)
         if relay is not None:
-            if getattr(message, "ok", False):
+            accepted = getattr(message, "ok", False)
+            if accepted:
                 # An accepted ws-response: the relay now carries the stream's
                 # frames until one side tears it down.
                 self.relays.keep_open(relay)
             else:
                 self.relays.drop(message.id)
-            self._publish(relay.origin, envelope.Answer(raw))
+            d = self._publish(relay.origin, envelope.Answer(raw))
+            if accepted:
+                d.addCallback(self.relay_published, message.id, relay)
             return True
         return False
+
+    def relay_published(self, receivers, message_id, relay):
+        """
+        What publishing a relayed websocket's answer or frame to its origin
+        came to: nobody listening there (the instance is gone) ends the
+        relay and the client's local websocket.  (L{None}, the bus being
+        down, proves nothing.)
+        """
+        if receivers == 0 and self.relays.find(message_id) is relay:
+            self.relays.drop(message_id)
+            self._relay_origin_gone(message_id, relay)
+
+    def _relay_origin_gone(self, message_id, relay):
+        self._log.info(
+            "relayed websocket {id}: instance {origin} of its visitor is gone; "
+            "closing it", id=message_id, origin=relay.origin)
+        teardown = encode(WSTeardown(id=message_id, code=CLOSE_GOING_AWAY,
+                                     reason="the visitor's proxy instance is gone"))
+        relay.connection.send_frame(message_id, adapt_to(relay.connection.features,
+                                                         teardown), True)
+
+    def probe_relay_origins(self):
+        """
+        Probe the instances whose visitors have websockets relayed here;
+        end those of instances nobody listens for any more (killed), which
+        an idle websocket would otherwise keep open for good.
+        """
+        for origin in self.relays.open_origins():
+            d = self._publish(origin, envelope.Probe())
+            d.addCallback(self._relay_origin_probed, origin)
+
+    def _relay_origin_probed(self, receivers, origin):
+        if receivers != 0:
+            return  # listening, or the bus is down (None): keep them
+        for message_id, relay in self.relays.drop_open_from(origin):
+            self._relay_origin_gone(message_id, relay)
 
     # -- bus ---------------------------------------------------------------
 
@@ -477,10 +516,12 @@ class TunnelHub:
 
     def probe_remote(self):
         """
-        Probe the instances that visitors here stream to, and those holding
-        the tunnels of v1 visitor websockets here.
+        Probe the instances that visitors here stream to, those holding
+        the tunnels of v1 visitor websockets here, and those whose visitors
+        have websockets relayed here.
         """
         self.websockets.probe_remote()
+        self.probe_relay_origins()
         self.remote_tunnels.probe(lambda instance: self._publish(instance, envelope.Probe()))
 
     def _tunnel_frame(self, frame):

@@ -18,6 +18,7 @@ from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..messages import HttpRequest, encode
 from ..wsutil import is_websocket_upgrade
+from .budget import TUNNEL, ByteBudget
 from .plain import finish_plain, plain
 from .streamed import FALL_BACK, StreamedExchange
 from .visitor_ws import accept_visitor
@@ -30,6 +31,11 @@ _DROP_FROM_HEAD_RESPONSE = frozenset()
 #: A Content-Length this large (Twisted accepts any) does not fit a head's
 #: JSON number: the buffered path answers it with 413.
 _MAX_STREAM_LENGTH = 2 ** 53
+
+#: The default byte budgets of buffered bodies held for pending requests
+#: (C{--max-pending-bytes}, C{--max-tunnel-pending-bytes}).
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_TUNNEL_PENDING_BYTES = 32 * 1024 * 1024
 
 #: The access log.  Module-level: as a class attribute, Logger.__get__
 #: would rename its namespace after the class.
@@ -47,7 +53,7 @@ class PublicTunnel:
     def __init__(self, hub, limiter, max_body, request_timeout,
                  visitor_factory=None, max_pending=1000, max_websockets=1000,
                  access_log=False, clock=None, trust_forwarded=False,
-                 max_stream_body=0, stream_idle_timeout=300.0):
+                 max_stream_body=0, stream_idle_timeout=300.0, budget=None):
         self._hub = hub
         self._limiter = limiter
         self._max_body = max_body
@@ -66,6 +72,10 @@ class PublicTunnel:
         self.stream_idle_timeout = stream_idle_timeout
         #: clientID -> HTTP requests of that tunnel being answered here
         self.in_flight = {}
+        #: the bytes of buffered bodies held for pending requests
+        #: (L{ByteBudget})
+        self.budget = budget if budget is not None else ByteBudget(
+            DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_TUNNEL_PENDING_BYTES)
         #: set when the proxy shuts down: new requests get 503
         self.shutting_down = False
         self._idle_waiters = []
@@ -201,6 +211,13 @@ class PublicTunnel:
             return _over_limit(request, client_id, self.max_pending,
                                "request refused, {limit} already waiting",
                                "too many requests waiting for this tunnel")
+        body = request.content.getvalue()
+        reservation, refused_by = self.budget.reserve(client_id, len(body))
+        if reservation is None:
+            return self._over_budget(request, client_id, len(body), refused_by)
+        # Given back exactly once, however the request ends: answered,
+        # failed, timed out (504) or the visitor gone.
+        request.notifyFinish().addBoth(lambda _: reservation.release())
         headers = headers_to_wire(
             request.requestHeaders, MULTI_HEADER in features, _DROP_FROM_REQUEST
         )
@@ -212,7 +229,7 @@ class PublicTunnel:
             query=raw_query.decode("utf-8", "replace"),
             headers=headers,
             method=request.method.decode("latin-1"),
-            body=request.content.getvalue(),
+            body=body,
         )
         d = self._hub.request(client_id, message.id, encode(message))
         self.in_flight[client_id] = in_flight + 1
@@ -221,7 +238,7 @@ class PublicTunnel:
         d.addCallbacks(
             self._respond,
             self._failed,
-            callbackArgs=(request, client_id),
+            callbackArgs=(request, client_id, reservation),
             errbackArgs=(request, client_id),
         )
         d.addErrback(lambda f: self._log.failure(
@@ -275,9 +292,29 @@ class PublicTunnel:
         if not visitor_gone(request) and not request.finished:
             finish_plain(request, 500, "internal error in the proxy\n")
 
-    def _respond(self, response, request, client_id):
+    def _over_budget(self, request, client_id, size, refused_by):
+        budget = self.budget
+        if refused_by == TUNNEL:
+            held, limit, where = (budget.by_tunnel.get(client_id, 0), budget.per_tunnel,
+                                  "this tunnel")
+        else:
+            held, limit, where = budget.total, budget.per_process, "this proxy"
+        self._log.warn(
+            "tunnel {client_id}: request with a body of {size} bytes refused, "
+            "{held} bytes already held for requests waiting on {where} (limit "
+            "{limit})", client_id=client_id, size=size, held=held, where=where,
+            limit=limit)
+        request.setHeader(b"Retry-After", b"1")
+        finish_plain(request, 503, "too many request bytes waiting for {} (limit {} "
+                     "bytes); retry\n".format(where, limit))
+        return server.NOT_DONE_YET
+
+    def _respond(self, response, request, client_id, reservation):
         if visitor_gone(request):
             return
+        # The decoded answer is held until the visitor's connection has
+        # taken it: it counts until the request finishes.
+        reservation.grow(len(response.body))
         status = response.status
         if not 200 <= status <= 599:
             finish_plain(

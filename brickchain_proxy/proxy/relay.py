@@ -83,7 +83,9 @@ class Relay:
     @ivar origin: the id of the instance to send answers to.
     @ivar connection: the tunnel connection here that carries it.
     @ivar timer: its expiry while the answer is awaited; L{None} once it is
-        an open websocket, which lives until either side tears it down.
+        an open websocket, which lives until either side tears it down or
+        its origin is found gone (L{RelayTable.open_origins}: the probe,
+        and the result of publishing each frame to it).
     """
 
     origin = attr.ib()
@@ -151,6 +153,25 @@ class RelayTable:
         if relay is not None and relay.timer is not None and relay.timer.active():
             relay.timer.cancel()
         return relay
+
+    def open_origins(self):
+        """
+        The instances that visitors of the open websockets relayed here are
+        on (those to probe).
+        """
+        return {relay.origin for relay in self._relays.values() if relay.timer is None}
+
+    def drop_open_from(self, origin):
+        """
+        Forget the open websockets relayed for C{origin}.
+
+        @return: their C{(message_id, relay)}s.
+        """
+        gone = [(mid, relay) for mid, relay in self._relays.items()
+                if relay.origin == origin and relay.timer is None]
+        for message_id, _ in gone:
+            del self._relays[message_id]
+        return gone
 
     def over(self, connection):
         """

@@ -19,8 +19,10 @@ from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_site
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
+from .budget import ByteBudget
 from .certificates import server_endpoint
 from .hub import TunnelHub
+from .public import DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_TUNNEL_PENDING_BYTES
 from .site import build_site
 from .tunnel_factory import TunnelServerFactory
 from .visitor_ws import VisitorFactory
@@ -68,11 +70,13 @@ class ProxyService(service.MultiService):
                  max_message=None, authorized_keys=None, shutdown_grace=10.0,
                  access_log=False, handle_signals=False, trust_forwarded=False,
                  extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
-                 stream_idle_timeout=300.0, metrics=None):
+                 stream_idle_timeout=300.0, metrics=None, bus_ca_cert=None,
+                 max_pending_bytes=DEFAULT_MAX_PENDING_BYTES,
+                 max_tunnel_pending_bytes=DEFAULT_MAX_TUNNEL_PENDING_BYTES):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.metrics = NO_PROXY_METRICS if metrics is None else ProxyMetrics()
-        self.backend = open_backend(bus_url, reactor)
+        self.backend = open_backend(bus_url, reactor, ca_cert=bus_ca_cert)
         self.hub = TunnelHub(
             reactor, self.metrics.wrap_bus(self.backend.bus),
             self.backend.directory, request_timeout=request_timeout,
@@ -112,6 +116,7 @@ class ProxyService(service.MultiService):
             idle_timeout=idle_timeout, access_log=access_log,
             trust_forwarded=trust_forwarded, max_stream_body=max_stream_body,
             stream_idle_timeout=stream_idle_timeout, metrics=self.metrics,
+            budget=ByteBudget(max_pending_bytes, max_tunnel_pending_bytes),
         )
         self.public = self.site.tunnel
         self.metrics.read_state(

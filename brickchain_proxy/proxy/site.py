@@ -437,15 +437,19 @@ def build_site(domain, hub, limiter, subscribe_resource, max_body,
                max_pending=1000, max_websockets=1000, max_headers=100,
                max_header_bytes=16384, idle_timeout=75, access_log=False,
                trust_forwarded=False, max_stream_body=0, stream_idle_timeout=300.0,
-               metrics=NO_PROXY_METRICS):
+               metrics=NO_PROXY_METRICS, budget=None):
     """
     The proxy's public L{PublicSite}; its tunnel side is C{site.tunnel}.
+
+    @param budget: the L{ByteBudget} of buffered bodies (default: 256 MiB
+        per process, 32 MiB per tunnel).
     """
     tunnel = PublicTunnel(
         hub, limiter, max_body, request_timeout, visitor_factory,
         max_pending=max_pending, max_websockets=max_websockets,
         access_log=access_log, clock=reactor, trust_forwarded=trust_forwarded,
         max_stream_body=max_stream_body, stream_idle_timeout=stream_idle_timeout,
+        budget=budget,
     )
     tunnel_resource = TunnelResource(tunnel)
     root = Root(domain, tunnel_resource)

@@ -43,6 +43,10 @@ class Options(EnvironmentOptions, usage.Options):
          "redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db] "
          "to find the Redis master through Redis Sentinel (and follow its "
          "failovers)."],
+        ["bus-ca-cert", None, None,
+         "PEM file of the CA certificate(s) to verify a rediss:// bus with (a "
+         "private CA); by default the system's trust store is used. The URL's "
+         "host name or IP address is always verified."],
         ["request-timeout", None, 30.0,
          "Seconds to wait for a tunnel's answer before replying 504.",
          positive(float)],
@@ -68,6 +72,12 @@ class Options(EnvironmentOptions, usage.Options):
         ["max-pending", None, 1000,
          "Most HTTP requests waiting for one tunnel's answers on this "
          "instance; beyond it visitors get 503.", positive(int)],
+        ["max-pending-bytes", None, 256 * 1024 * 1024,
+         "Most bytes of request and response bodies held in memory for "
+         "buffered (v1) requests waiting on tunnels, across this process; "
+         "beyond it visitors get 503 with Retry-After. 0: no limit.", int],
+        ["max-tunnel-pending-bytes", None, 32 * 1024 * 1024,
+         "The same for one tunnel. 0: no limit.", int],
         ["max-websockets", None, 1000,
          "Most visitor websockets open through one tunnel on this instance; "
          "beyond it upgrades get 503.", positive(int)],
@@ -149,6 +159,17 @@ class Options(EnvironmentOptions, usage.Options):
         if self["max-stream-body"] < 0 or self["stream-idle-timeout"] < 0:
             raise usage.UsageError(
                 "--max-stream-body and --stream-idle-timeout must be 0 or more")
+        process, tunnel = self["max-pending-bytes"], self["max-tunnel-pending-bytes"]
+        if process < 0 or tunnel < 0:
+            raise usage.UsageError(
+                "--max-pending-bytes and --max-tunnel-pending-bytes must be 0 or more")
+        for name, value in [("--max-pending-bytes", process),
+                            ("--max-tunnel-pending-bytes", tunnel)]:
+            if value and value < self["max-body"]:
+                raise usage.UsageError(
+                    "{} ({}) must be at least --max-body ({}): a request of "
+                    "--max-body bytes would never pass".format(
+                        name, value, self["max-body"]))
         if self["ws-ping-interval"] < 0:
             raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
@@ -163,6 +184,16 @@ class Options(EnvironmentOptions, usage.Options):
             message = str(e)
             raise usage.UsageError(
                 message if "--bus" in message else "--bus: " + message)
+        if self["bus-ca-cert"] is not None:
+            if not self["bus"].startswith("rediss://"):
+                raise usage.UsageError("--bus-ca-cert needs a rediss:// --bus")
+            from ..tls import load_trust_root
+
+            try:
+                load_trust_root(self["bus-ca-cert"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError("--bus-ca-cert {}: {}".format(
+                    self["bus-ca-cert"], e))
         if not self["bases"]:
             self["bases"] = ["http://localhost:6519"]
         for base in self["bases"]:
@@ -208,6 +239,7 @@ def makeService(config, reactor=None):
         base=config["base"],
         extra_bases=tuple(config["bases"][1:]),
         bus_url=config["bus"],
+        bus_ca_cert=config["bus-ca-cert"],
         request_timeout=config["request-timeout"],
         max_body=config["max-body"],
         rate_limit=config["rate-limit"],
@@ -216,6 +248,8 @@ def makeService(config, reactor=None):
         ws_ping_interval=config["ws-ping-interval"],
         authorized_keys=config["authorized-keys"],
         max_pending=config["max-pending"],
+        max_pending_bytes=config["max-pending-bytes"],
+        max_tunnel_pending_bytes=config["max-tunnel-pending-bytes"],
         max_websockets=config["max-websockets"],
         max_message=config["max-message"],
         max_headers=config["max-headers"],

@@ -207,7 +207,9 @@ class VisitorStreams:
         if relay is not None:
             if teardown:
                 self._hub.relays.drop(stream_id)
-            self._hub._publish(relay.origin, envelope.Answer(raw))
+            d = self._hub._publish(relay.origin, envelope.Answer(raw))
+            if not teardown:
+                d.addCallback(self._hub.relay_published, stream_id, relay)
             return
         self._log.debug(
             "{type} for unknown websocket {id} ignored",
