@@ -32,12 +32,22 @@ WS_SUBPROTOCOL = "ws-subprotocol"
 #: documents (docs/protocol.rst, "Streams").
 STREAMS = "streams"
 
+#: Several clients may register the same clientID as a pool: the proxy
+#: keeps every member's connection and spreads the tunnel's requests over
+#: them, instead of closing the older connection (newest wins).  Only with
+#: STREAMS (a pool member's requests and websockets are streams).  Our
+#: client offers it with --pool only.
+POOL = "pool"
+
 #: The extensions that change how the v1 documents are written.
 MESSAGE_FEATURES = frozenset([BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE,
                               WS_SUBPROTOCOL])
 
 #: Everything this implementation speaks, in both roles.
-SUPPORTED = MESSAGE_FEATURES | {STREAMS}
+SUPPORTED = MESSAGE_FEATURES | {STREAMS, POOL}
+
+#: What our client offers by default (a pool is opt-in).
+CLIENT_DEFAULT = SUPPORTED - {POOL}
 
 
 def negotiate(offered, supported=SUPPORTED):
@@ -50,4 +60,7 @@ def negotiate(offered, supported=SUPPORTED):
     """
     if not offered:
         return frozenset()
-    return frozenset(f for f in offered if isinstance(f, str)) & supported
+    negotiated = frozenset(f for f in offered if isinstance(f, str)) & supported
+    if POOL in negotiated and STREAMS not in negotiated:
+        negotiated -= {POOL}
+    return negotiated

@@ -44,6 +44,12 @@ class FailureLoggingTests(TestCase):
             def tunnel_known(self, client_id):
                 return defer.succeed(True)
 
+            def pick(self, client_id):
+                return None
+
+            def remote_tunnel(self, client_id):
+                return defer.succeed(None)
+
             def encoding_features(self, client_id):
                 return frozenset()
 

@@ -33,7 +33,7 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 
-from brickchain_proxy.features import SUPPORTED
+from brickchain_proxy.features import CLIENT_DEFAULT
 from brickchain_proxy.proxy.service import ProxyService
 from tests.support import (
     RecordingResource,
@@ -223,7 +223,7 @@ class GraceOnAClockTests(SynchronousTestCase):
             self.reactor, ["tcp:0:interface=127.0.0.1"], "proxy.test",
             "http://proxy.test", shutdown_grace=self.GRACE)
         self.successResultOf(defer.maybeDeferred(self.proxy.startService))
-        self.tunnel = FakeConnection(features=SUPPORTED)
+        self.tunnel = FakeConnection(features=CLIENT_DEFAULT)
         self.successResultOf(self.proxy.hub.attach(CLIENT, self.tunnel))
         self.visitor = MemoryVisitor(self.proxy.site)
         self.visitor.request(

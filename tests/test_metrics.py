@@ -25,7 +25,7 @@ from brickchain_proxy.bus import BusUnavailable, MemoryBus, MemoryDirectory
 from brickchain_proxy.bus.interface import IBus
 from brickchain_proxy.client import tap as client_tap
 from brickchain_proxy.client.forward import LocalForwarder
-from brickchain_proxy.features import SUPPORTED
+from brickchain_proxy.features import CLIENT_DEFAULT
 from brickchain_proxy.messages import HttpRequest
 from brickchain_proxy.metrics import (
     ABORTED,
@@ -168,7 +168,7 @@ class _MeteredSiteTestCase(SynchronousTestCase):
             "proxy.test", self.hub, TokenBucketLimiter(self.clock, 100, 100),
             Resource(), max_body=1000, request_timeout=30.0, reactor=self.clock,
             metrics=self.metrics)
-        self.tunnel = FakeConnection(features=SUPPORTED)
+        self.tunnel = FakeConnection(features=CLIENT_DEFAULT)
         self.successResultOf(self.hub.attach(CLIENT, self.tunnel))
         self.visitors = []
         self.addCleanup(self._close_visitors)
@@ -320,7 +320,7 @@ class UnmeteredSiteTests(SynchronousTestCase):
         site = build_site("proxy.test", hub, TokenBucketLimiter(clock, 10, 10),
                           Resource(), max_body=1000, request_timeout=30.0,
                           reactor=clock, metrics=recorder)
-        tunnel = FakeConnection(features=SUPPORTED)
+        tunnel = FakeConnection(features=CLIENT_DEFAULT)
         self.successResultOf(hub.attach(CLIENT, tunnel))
         for client_id in (UNKNOWN, CLIENT):
             visitor = MemoryVisitor(site)

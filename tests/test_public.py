@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from brickchain_proxy.bus import BusUnavailable, MemoryBus, MemoryDirectory
-from brickchain_proxy.features import SUPPORTED
+from brickchain_proxy.features import CLIENT_DEFAULT
 from brickchain_proxy.messages import HttpRequest, WSRequest, WSTeardown, decode
 from brickchain_proxy.proxy import tap
 from brickchain_proxy.proxy.budget import ByteBudget
@@ -105,7 +105,7 @@ class _PublicTestCase(SynchronousTestCase):
             idle_timeout=IDLE_TIMEOUT,
             visitor_factory=VisitorFactory(self.hub, self.clock, MAX_BODY))
         self.public = self.site.tunnel
-        self.tunnel = FakeConnection(features=SUPPORTED)
+        self.tunnel = FakeConnection(features=CLIENT_DEFAULT)
         self.successResultOf(self.hub.attach(CLIENT, self.tunnel))
         self.visitors = []
         self.addCleanup(self.assertNothingLeft)
@@ -477,7 +477,7 @@ class ByteBudgetTests(_PublicTestCase):
 
     def test_a_body_over_the_process_budget_gets_503(self):
         """The process budget counts every tunnel's bodies."""
-        other = FakeConnection(features=SUPPORTED)
+        other = FakeConnection(features=CLIENT_DEFAULT)
         self.successResultOf(self.hub.attach(OTHER_CLIENT, other))
         first = [self.post(200, b"/a"), self.post(200, b"/b", client_id=OTHER_CLIENT)]
         refused = self.post(200, b"/c", client_id=OTHER_CLIENT)

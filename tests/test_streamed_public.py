@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from brickchain_proxy.bus import MemoryBus, MemoryDirectory
-from brickchain_proxy.features import SUPPORTED
+from brickchain_proxy.features import CLIENT_DEFAULT
 from brickchain_proxy.proxy.hub import TunnelHub
 from brickchain_proxy.proxy.interfaces import ITunnelConnection
 from brickchain_proxy.proxy.site import build_site
@@ -73,7 +73,7 @@ class StreamsConnection:
     session in memory (frames move when L{pump} is called).
     """
 
-    features = SUPPORTED
+    features = CLIENT_DEFAULT
 
     def __init__(self):
         self.backpressure = TunnelBackpressure()

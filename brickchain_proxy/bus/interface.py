@@ -67,6 +67,16 @@ class ITunnelDirectory(Interface):
             (L{str}), or L{None}.
         """
 
+    def claim_if_free(client_id, instance_id):
+        """
+        Record that C{instance_id} holds C{client_id} unless another
+        instance does (a pool member joining, L{features.POOL}); renews the
+        entry when it is ours.
+
+        @return: a L{Deferred} firing with the instance that holds it now
+            (C{instance_id} itself, or the other one).
+        """
+
     def renew(client_id, instance_id):
         """
         Extend the life of an entry this instance still holds.

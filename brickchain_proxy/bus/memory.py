@@ -106,6 +106,9 @@ class MemoryDirectory:
     def renew(self, client_id, instance_id):
         return succeed(self._owners.get(client_id) == instance_id)
 
+    def claim_if_free(self, client_id, instance_id):
+        return succeed(self._owners.setdefault(client_id, instance_id))
+
     def release(self, client_id, instance_id):
         if self._owners.get(client_id) == instance_id:
             del self._owners[client_id]

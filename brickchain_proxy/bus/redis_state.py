@@ -28,6 +28,17 @@ end
 return 0
 """
 
+# KEYS[1] = tunnel key; ARGV[1] = instance id; ARGV[2] = ttl.  Take (or
+# keep) the entry unless another instance holds it; return the holder.
+_CLAIM_IF_FREE = b"""
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return ARGV[1]
+end
+return owner
+"""
+
 _RELEASE = b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -60,6 +71,12 @@ class RedisDirectory:
         d = self._backend.script(
             _RENEW, [self._key(client_id)], [instance_id, self.ttl])
         d.addCallback(lambda result: bool(int(result)))
+        return d
+
+    def claim_if_free(self, client_id, instance_id):
+        d = self._backend.script(
+            _CLAIM_IF_FREE, [self._key(client_id)], [instance_id, self.ttl])
+        d.addCallback(_text)
         return d
 
     def release(self, client_id, instance_id):

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from .. import features as _features
 from ..endpoints import client_endpoint
 from ..identity import ClientKey
 from ..listener import Listener
@@ -241,7 +242,7 @@ class TunnelClientService(service.MultiService):
                  local_timeout=25.0, max_body=512000, tls_options=None,
                  max_delay=30.0, ca_cert=None, features=None, local_headers=(),
                  local_host=None, metrics=None, recorder=None, local_ca_cert=None,
-                 local_insecure=False):
+                 local_insecure=False, pool=False):
         service.MultiService.__init__(self)
         if IResource.providedBy(local):
             self.local_endpoint = InProcessEndpoint(
@@ -261,7 +262,11 @@ class TunnelClientService(service.MultiService):
         self._tls_options = tls_options
         self._ca_cert = ca_cert
         self._local_url = local_url
-        #: the extensions offered to the proxy (default: all we speak)
+        #: the extensions offered to the proxy (default: all we speak but
+        #: a pool); C{pool} adds L{features.POOL}
+        if pool:
+            features = frozenset(_features.CLIENT_DEFAULT if features is None
+                                 else features) | {_features.POOL}
         self.features = features
         #: how an https/wss local service is verified
         self.local_tls = ClientTLSPolicy(local_ca_cert, local_insecure,

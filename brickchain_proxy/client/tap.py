@@ -78,6 +78,11 @@ class Options(EnvironmentOptions, usage.Options):
     ]
 
     optFlags = [
+        ["pool", None,
+         "Join the pool of clients with the same key (and --session): the "
+         "proxy spreads the hostname's requests over every member and keeps "
+         "it answering while one is left. Without it, the newest client "
+         "wins and the older one is closed."],
         ["local-insecure", None,
          "Do not verify an https local service's certificate at all (a "
          "self-signed certificate for another name); logs a warning at start. "
@@ -166,6 +171,7 @@ def makeService(config, reactor=None):
         local_host=config["local-host"],
         local_ca_cert=config["local-ca-cert"],
         local_insecure=bool(config["local-insecure"]),
+        pool=bool(config["pool"]),
         metrics=config["metrics"],
         recorder=log,
     )

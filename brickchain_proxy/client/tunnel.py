@@ -323,7 +323,7 @@ class TunnelClientFactory(WebSocketClientFactory):
 
     def __init__(self, ws_url, proxy_url, key, forwarder, clock, local_url,
                  session=None,
-                 ping_timeout=20.0, features=_features.SUPPORTED,
+                 ping_timeout=20.0, features=_features.CLIENT_DEFAULT,
                  max_message_size=64 * 1024 * 1024, on_registered=None,
                  on_closed=None):
         WebSocketClientFactory.__init__(self, url=ws_url, reactor=clock)

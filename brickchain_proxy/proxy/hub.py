@@ -41,7 +41,7 @@ from ..bus.envelope import EnvelopeError
 from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
 from ..errors import CLOSE_GOING_AWAY, RemoteFailure, TunnelOffline
-from ..features import SUPPORTED
+from ..features import POOL, SUPPORTED
 from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
 from .relay import RelayTable, adapt_to
 from .remote_streams import RemoteTunnels
@@ -88,6 +88,9 @@ class TunnelHub:
         tunnels and other instances' visitors (L{StreamRelays}).
     @ivar remote_tunnels: the streams of visitors here to tunnels held
         elsewhere (L{RemoteTunnels}).
+    @ivar pools: clientID -> the connections of its pool members here, when
+        more than one client registered it as a pool (L{POOL}); C{local}
+        holds one of them.
     """
 
     _log = Logger()
@@ -100,6 +103,7 @@ class TunnelHub:
         self.request_timeout = request_timeout
         self.instance_id = instance_id or uuid.uuid4().hex
         self.local = {}
+        self.pools = {}
         self.pending = PendingRequests(reactor)
         self.websockets = VisitorStreams(self)
         self.streams = self.websockets.streams
@@ -153,16 +157,38 @@ class TunnelHub:
         wins: an older connection holding the same clientID (here or on
         another instance) is told to go.
 
+        A connection that negotiated L{POOL} joins the pool of the others
+        that did instead: each keeps serving, and across instances a pool
+        member never takes the directory entry from another instance's.
+
         @return: a L{Deferred} that fires when the directory has recorded it.
         """
         old = self.local.get(client_id)
+        pooled = POOL in connection.features
+        if (old is not None and old is not connection and pooled
+                and POOL in old.features):
+            members = self.pools.setdefault(client_id, [old])
+            if connection not in members:
+                members.append(connection)
+            self._log.info("tunnel {client_id}: {count} clients in its pool",
+                           client_id=client_id, count=len(members))
+            return succeed(None)
         self.local[client_id] = connection
         if old is not None and old is not connection:
             self._log.info(
                 "tunnel {client_id} registered again: closing the older connection",
                 client_id=client_id,
             )
-            old.tunnel_taken_over(client_id)
+            for member in self.pools.pop(client_id, [old]):
+                if member is not connection:
+                    member.tunnel_taken_over(client_id)
+        if pooled:
+            d = self._directory.claim_if_free(client_id, self.holder(connection))
+            d.addCallback(self._pool_claimed, client_id)
+            d.addErrback(self._directory_failed,
+                         "could not record tunnel {client_id} in the directory",
+                         client_id)
+            return d
         d = self._directory.claim(client_id, self.holder(connection))
 
         def claimed(previous):
@@ -178,10 +204,41 @@ class TunnelHub:
                      client_id)
         return d
 
+    def _pool_claimed(self, holder, client_id):
+        if holder is not None and parse_holder(holder)[0] != self.instance_id:
+            self._log.info(
+                "tunnel {client_id}: its pool is held by instance {owner} too; "
+                "visitors here use the members here", client_id=client_id,
+                owner=parse_holder(holder)[0])
+
+    def pick(self, client_id):
+        """
+        The connection a new request or websocket for C{client_id} goes
+        over: the tunnel's connection here, or the next member of its pool
+        (round robin); L{None} if this instance holds no connection for it.
+        """
+        members = self.pools.get(client_id)
+        if members is None:
+            return self.local.get(client_id)
+        member = members.pop(0)
+        members.append(member)
+        return member
+
     def detach(self, client_id, connection):
         """
         C{connection} no longer carries C{client_id}.
         """
+        members = self.pools.get(client_id)
+        if members is not None and connection in members:
+            # A pool member leaves; the others keep the tunnel here.
+            members.remove(connection)
+            if self.local.get(client_id) is connection:
+                self.local[client_id] = members[0]
+            if len(members) == 1:
+                del self.pools[client_id]
+            self._log.info("tunnel {client_id}: a pool member left, {count} left",
+                           client_id=client_id, count=len(members))
+            return
         if self.local.get(client_id) is connection:
             del self.local[client_id]
             d = self._directory.release(client_id, self.holder(connection))
@@ -203,7 +260,9 @@ class TunnelHub:
         A tunnel connection is gone: forget its tunnels and fail at once every
         request waiting on it.
         """
-        for client_id in [c for c, conn in self.local.items() if conn is connection]:
+        held = {c for c, conn in self.local.items() if conn is connection}
+        held.update(c for c, members in self.pools.items() if connection in members)
+        for client_id in held:
             self.detach(client_id, connection)
         failed = self.pending.fail_owner(
             connection, TunnelGone("the tunnel's connection was lost")
@@ -218,6 +277,12 @@ class TunnelHub:
         Renew this instance's directory entries (for directories with a TTL).
         """
         for client_id, connection in list(self.local.items()):
+            if POOL in connection.features:
+                # Keep the entry if ours, take it if free; another
+                # instance's pool members may hold it.
+                d = self._directory.claim_if_free(client_id, self.holder(connection))
+                d.addErrback(self._renew_failed)
+                continue
             d = self._directory.renew(client_id, self.holder(connection))
 
             def renewed(ours, client_id=client_id, connection=connection):
@@ -323,7 +388,7 @@ class TunnelHub:
             L{RemoteFailure} or L{twisted.internet.defer.TimeoutError}; cancel
             it when the answer is no longer wanted.
         """
-        connection = self.local.get(client_id)
+        connection = self.pick(client_id)
         if connection is not None:
             d = self.pending.expect(message_id, connection, self.request_timeout)
             connection.send_raw(raw)
@@ -476,7 +541,7 @@ class TunnelHub:
             self.websockets.remote_failed(message_id, reason)
 
     def _relay(self, request):
-        connection = self.local.get(request.client_id)
+        connection = self.pick(request.client_id)
         if connection is None:
             self._publish(request.origin, envelope.Failed(
                 request.message_id, "tunnel is not connected here"))
@@ -493,7 +558,8 @@ class TunnelHub:
                 "tunnel {client_id} registered on another instance: closing ours",
                 client_id=client_id,
             )
-            connection.tunnel_taken_over(client_id)
+            for member in self.pools.pop(client_id, [connection]):
+                member.tunnel_taken_over(client_id)
 
     def _fail_remote(self, message_id, reason):
         relay = self.relays.drop(message_id)

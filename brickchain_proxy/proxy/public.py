@@ -100,7 +100,7 @@ class PublicTunnel:
         """
         if self.shutting_down or is_websocket_upgrade(request):
             return None
-        connection = self._hub.local.get(client_id)
+        connection = self._hub.pick(client_id)
         if connection is not None and getattr(connection, "streams", None) is None:
             return None
         if self.in_flight.get(client_id, 0) >= self.max_pending:

@@ -127,7 +127,7 @@ class StreamRelays:
             self._maybe_done(relayed)
 
     def _open(self, origin, client_id, remote_id, flags, payload):
-        connection = self._hub.local.get(client_id)
+        connection = self._hub.pick(client_id)
         session = getattr(connection, "streams", None)
         if session is None or session.closed:
             reason = ("tunnel is not connected here" if connection is None

@@ -83,7 +83,7 @@ class VisitorProtocol(CleanClose, WebSocketServerProtocol):
         try:
             client_id, stream_id, raw, features = self.route
             hub = self.factory.hub
-            connection = hub.local.get(client_id)
+            connection = hub.pick(client_id)
             if connection is None:
                 # Held elsewhere, maybe: over streams through the bus if that
                 # tunnel speaks them, else as v1 messages.

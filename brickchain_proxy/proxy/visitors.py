@@ -57,7 +57,7 @@ class VisitorStreams:
         """
         stream = Stream(visitor, client_id)
         self.streams[stream_id] = stream
-        connection = self._hub.local.get(client_id)
+        connection = self._hub.pick(client_id)
         if connection is not None:
             stream.owner = connection
             d = self._hub.pending.expect(stream_id, connection, self._hub.request_timeout)
