@@ -5,6 +5,7 @@ C{memory} (one process, the default) or C{redis://} / C{rediss://}.
 
 from zope.interface import implementer
 
+from ..replay import MemoryReplayGuard
 from .interface import BusUnavailable, IBackend, IBus, ITunnelDirectory
 from .memory import MemoryBus, MemoryDirectory
 
@@ -16,6 +17,7 @@ class MemoryBackend:
     """
 
     def __init__(self, reactor):
+        self._reactor = reactor
         self.bus = MemoryBus(reactor)
         self.directory = MemoryDirectory()
 
@@ -30,6 +32,9 @@ class MemoryBackend:
 
     def rate_limiter(self, local_limiter):
         return local_limiter
+
+    def replay_guard(self):
+        return MemoryReplayGuard(self._reactor)
 
 
 def validate_bus_url(url):
@@ -54,8 +59,8 @@ def validate_bus_url(url):
 def open_backend(url, reactor, directory_ttl=60):
     """
     Build (without connecting) the backend a C{--bus} URL names.  It has
-    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)}
-    and C{rate_limiter(local_limiter)}.
+    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)},
+    C{rate_limiter(local_limiter)} and C{replay_guard()}.
     """
     validate_bus_url(url)
     if url == "memory":

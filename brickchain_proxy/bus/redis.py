@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ..endpoints import client_endpoint, verifying_tls
 from .interface import BusUnavailable, IBackend, IBus
-from .redis_state import RedisDirectory, RedisRateLimiter
+from .redis_state import RedisDirectory, RedisRateLimiter, RedisReplayGuard
 
 
 def parse_redis_url(url):
@@ -165,6 +165,14 @@ class RedisBackend:
         """
         return RedisRateLimiter(self, local_limiter.count, local_limiter.period,
                                 local_limiter)
+
+    def replay_guard(self):
+        """
+        The guard shared by every instance on this Redis: a token used on
+        one is refused on all (and, while Redis is unreachable, new
+        registrations are refused).
+        """
+        return RedisReplayGuard(self, self._reactor)
 
     def on_reconnect(self, listener):
         """
