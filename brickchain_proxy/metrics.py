@@ -60,6 +60,7 @@ REFUSAL_REASONS = (
     ("malformed message", "malformed_message"),
     ("token already used", "replayed"),
     ("cannot check the token for replay", "replay_check_unavailable"),
+    ("token made before this proxy started", "before_start"),
     ("too many registration attempts", "too_many_registrations"),
 )
 #: The reason label of a refusal no prefix matches.

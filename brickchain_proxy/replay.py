@@ -13,12 +13,17 @@ L{brickchain_proxy.bus.redis_state}) shared by every instance on one Redis.
 A guard that cannot decide fails with L{ReplayCheckUnavailable} and the
 registration is refused (fail closed): tunnels already registered are not
 affected, and clients retry with backoff.
+
+A memory guard starts empty, so the tokens used on the process before a
+restart are unknown to it: its L{IReplayGuard.since} is when it started,
+and tokens made before then are refused (clients that reconnect sign new
+ones).
 """
 
 import heapq
 
 from twisted.internet.defer import fail, succeed
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 
 class ReplayCheckUnavailable(Exception):
@@ -32,6 +37,11 @@ class IReplayGuard(Interface):
     """
     Remembers the tokens that have registered, until they expire.
     """
+
+    since = Attribute(
+        "Epoch seconds since when every token used is remembered: one made "
+        "before may have registered unseen (it must be refused). None when "
+        "the memory outlives this process (Redis).")
 
     def first_use(signature_id, expires_at):
         """
@@ -68,6 +78,7 @@ class MemoryReplayGuard:
     def __init__(self, clock, max_entries=100000):
         self._clock = clock
         self.max_entries = max_entries
+        self.since = clock.seconds()
         self._expiry = {}  # signature id -> expires_at
         self._queue = []  # heap of (expires_at, signature id)
 

@@ -138,6 +138,8 @@ class RefusalReasonTests(SynchronousTestCase):
                 "replay_check_unavailable",
             "too many registration attempts on this connection (at most 5)":
                 "too_many_registrations",
+            "token made before this proxy started: sign a new token":
+                "before_start",
         }
         for text, label in cases.items():
             self.assertEqual(refusal_reason(text), label, text)

@@ -76,6 +76,8 @@ class _FailingGuard:
     A replay guard that cannot decide (Redis down).
     """
 
+    since = None
+
     def first_use(self, signature_id, expires_at):
         return defer.fail(ReplayCheckUnavailable("Redis is unreachable"))
 
@@ -87,6 +89,8 @@ class _WaitingGuard:
     """
     A replay guard whose answers the test gives.
     """
+
+    since = None
 
     def __init__(self):
         self.asked = []
@@ -111,11 +115,13 @@ class _ProtocolFixture(TestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.clock.advance(self.start)
+        # The proxy started a second before the test's tokens are made.
+        self.clock.advance(self.start - 1)
+        self.guard = MemoryReplayGuard(self.clock)
+        self.clock.advance(1)
         self.directory = MemoryDirectory()
         self.hub = TunnelHub(self.clock, MemoryBus(self.clock), self.directory,
                              request_timeout=30.0, instance_id="proxy-1")
-        self.guard = MemoryReplayGuard(self.clock)
         self.factory = without_global_timers(TunnelServerFactory(
             self.hub, TokenVerifier(self.base), DOMAIN, self.clock,
             replay_guard=self.guard,
@@ -251,6 +257,19 @@ class ReplayTests(_ProtocolFixture):
         self.assertRegistered(second)
         self.assertEqual(first.closed[0], CLOSE_POLICY)
         self.assertIs(self.hub.local[self.key.client_id], second_server)
+
+    def test_a_token_from_before_a_restart_is_refused(self):
+        """A memory guard starts empty: a token made before it started is refused, saying so."""
+        token = self.token()
+        self.clock.advance(30)  # the proxy restarts: a new, empty guard
+        self.factory.replay_guard = MemoryReplayGuard(self.clock)
+        _, client = self.connect()
+        self.register(client, token)
+        self.assertRefused(client, tunnel.BEFORE_START)
+        self.assertEqual(len(self.warnings("registration of {client_id} refused")), 1)
+        _, fresh = self.connect()
+        self.register(fresh)
+        self.assertRegistered(fresh)
 
     def test_the_guard_forgets_a_token_once_it_has_expired(self):
         """After ttl plus skew the guard holds nothing, and the token is refused as expired."""
@@ -423,9 +442,10 @@ class RefusalLabelTests(SynchronousTestCase):
                 tunnel.REPLAYED + ": sign a new token for every registration",
                 tunnel.REPLAY_CHECK_UNAVAILABLE + ": Redis is unreachable",
                 tunnel.TOO_MANY_REGISTRATIONS + " (at most 5)",
-                TOO_LONG + ": ttl 3600 s"]],
+                TOO_LONG + ": ttl 3600 s",
+                tunnel.BEFORE_START + ": sign a new token"]],
             ["replayed", "replay_check_unavailable", "too_many_registrations",
-             "too_long"])
+             "too_long", "before_start"])
 
 
 class OptionTests(SynchronousTestCase):

@@ -156,6 +156,12 @@ class MemoryGuardTests(SynchronousTestCase):
         self.assertTrue(self.use("t3", NOW + 120))
         self.assertEqual(len(self.guard), 1)
 
+    def test_since_is_when_it_started(self):
+        """A memory guard remembers from its creation on: since is that moment."""
+        self.assertEqual(self.guard.since, NOW)
+        self.clock.advance(100)
+        self.assertEqual(MemoryReplayGuard(self.clock).since, NOW + 100)
+
     def test_an_already_expired_token_is_not_stored(self):
         """A token past its expiry (the verifier refuses it) takes no room."""
         self.assertTrue(self.use("old", NOW - 1))
@@ -242,6 +248,16 @@ class RedisGuardTests(TestCase):
         self.assertTrue(await guard.first_use(_id(), reactor.seconds() + 60))
         self.assertEqual(len(events_like(log, "the replay guard is back",
                                          LogLevel.info)), 1)
+
+    async def test_its_memory_outlives_the_instance(self):
+        """The Redis guard's since is None: a restarted instance still knows old tokens."""
+        backend = await self.backend()
+        token = _id()
+        await backend.replay_guard().first_use(token, reactor.seconds() + 60)
+        restarted = await self.backend()
+        guard = restarted.replay_guard()
+        self.assertIsNone(guard.since)
+        self.assertFalse(await guard.first_use(token, reactor.seconds() + 60))
 
     async def test_prune_keeps_nothing_to_prune(self):
         """Redis expires the keys itself: prune() forgets nothing here."""

@@ -188,6 +188,9 @@ class RedisReplayGuard:
     """
 
     _log = Logger()
+    #: Redis outlives this process: what it remembers is not bounded by
+    #: when this instance started.
+    since = None
 
     def __init__(self, backend, clock, margin=5.0):
         self._backend = backend

@@ -51,6 +51,7 @@ PING = encode(Ping())
 #: Refusal reasons of this module (plain text, sent to the client).
 REPLAYED = "token already used"
 REPLAY_CHECK_UNAVAILABLE = "cannot check the token for replay"
+BEFORE_START = "token made before this proxy started"
 TOO_MANY_REGISTRATIONS = "too many registration attempts on this connection"
 
 
@@ -167,7 +168,16 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
             )
             self._refuse_registration(e.reason)
             return
-        checked = factory.replay_guard.first_use(token.signature_id, token.expires_at)
+        guard = factory.replay_guard
+        # (Timestamps carry microseconds: a millisecond absorbs rounding.)
+        if guard.since is not None and token.timestamp + 0.001 < guard.since:
+            # It may have registered on this proxy before a restart.
+            self._log.warn(
+                "tunnel {peer}: registration of {client_id} refused: {reason}",
+                peer=self._peer_text, client_id=client_id, reason=BEFORE_START)
+            self._refuse_registration(BEFORE_START + ": sign a new token")
+            return
+        checked = guard.first_use(token.signature_id, token.expires_at)
         checked.addCallbacks(
             self._replay_checked, self._replay_check_failed,
             callbackArgs=(message, token, client_id), errbackArgs=(client_id,))
