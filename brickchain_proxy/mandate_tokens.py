@@ -8,12 +8,18 @@ them). L{TokenVerifier} checks one and returns a L{MandateToken}, or raises
 L{RegistrationRefused} carrying the plain-text reason the proxy sends back
 (in v1's wording where v1 has one).
 
+A verified token also carries its L{MandateToken.signature_id}, which names
+the signature whatever its encoding (ECDSA's C{s} and C{n - s} both verify),
+so that a replay guard (L{brickchain_proxy.replay}) can refuse a token used
+twice, and L{MandateToken.expires_at}, until when it must remember it.
+
 This module knows nothing about websockets.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from typing import Optional
@@ -35,6 +41,14 @@ VERIFY_FAILED = "failed to verify token"
 MALFORMED = "malformed token"
 UNSUPPORTED_ALG = "unsupported algorithm"
 FUTURE = "token timestamp is in the future"
+TOO_LONG = "token lifetime too long"
+
+#: Longest token lifetime (ttl) accepted by default, in seconds: clients
+#: (ours and Go's) sign tokens of 60 s, one for every registration.
+DEFAULT_MAX_TTL = 120
+
+# The order of the P-256 group: a signature's s and N - s both verify.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 #: Longest mandate token we look at; a real one is about 450 characters.
 MAX_TOKEN_LENGTH = 8192
@@ -92,7 +106,11 @@ class MandateToken:
     @ivar client_id: the thumbprint client id (no session applied).
     @ivar uri: the endpoint the token was made for.
     @ivar timestamp: when it was made, epoch seconds.
-    @ivar ttl: its lifetime in seconds, after capping to the verifier's limit.
+    @ivar ttl: its lifetime in seconds (at most the verifier's C{max_ttl}).
+    @ivar signature_id: names this signature (hex), the same for every
+        encoding of it that verifies; L{None} when not verified here.
+    @ivar expires_at: epoch seconds after which the verifier refuses it
+        (its timestamp, ttl and the clock skew allowed), or L{None}.
     """
 
     jwk = attr.ib(type=dict)
@@ -100,6 +118,8 @@ class MandateToken:
     uri = attr.ib(type=str)
     timestamp = attr.ib(type=float)
     ttl = attr.ib(type=int)
+    signature_id = attr.ib(default=None)
+    expires_at = attr.ib(default=None)
 
 
 def _endpoint(url: str) -> tuple:
@@ -131,12 +151,14 @@ class TokenVerifier:
 
     @ivar clock_skew: seconds of disagreement between clocks we tolerate,
         both for expiry and for timestamps in the future.
-    @ivar max_ttl: longer lifetimes are cut to this, bounding replay.
+    @ivar max_ttl: tokens with a longer lifetime are refused
+        (L{TOO_LONG}): a token can be presented for at most this long (plus
+        the clock skew), which bounds how long a replay guard remembers it.
     """
 
     def __init__(
-        self, base_url: str, clock_skew: float = 5.0, max_ttl: int = 3600,
-        extra_bases: tuple = (),
+        self, base_url: str, clock_skew: float = 5.0,
+        max_ttl: int = DEFAULT_MAX_TTL, extra_bases: tuple = (),
     ) -> None:
         self.base_url = base_url
         self.clock_skew = clock_skew
@@ -154,7 +176,8 @@ class TokenVerifier:
         jwk = self._check_header(token)
         payload = self._check_signature(token, jwk)
         uri, timestamp, ttl = self._check_payload(payload)
-        if timestamp + ttl + self.clock_skew < now:
+        expires_at = timestamp + ttl + self.clock_skew
+        if expires_at < now:
             raise RegistrationRefused(EXPIRED)
         if timestamp > now + self.clock_skew:
             raise RegistrationRefused(FUTURE)
@@ -167,6 +190,8 @@ class TokenVerifier:
             uri=uri,
             timestamp=timestamp,
             ttl=ttl,
+            signature_id=signature_id(token),
+            expires_at=expires_at,
         )
 
     def accepts_uri(self, uri: str) -> bool:
@@ -255,7 +280,29 @@ class TokenVerifier:
             timestamp = parse_timestamp(stamp)
         except (ValueError, OverflowError):
             raise RegistrationRefused(MALFORMED + ": bad @timestamp") from None
-        return uri, timestamp, min(ttl, self.max_ttl)
+        if ttl > self.max_ttl:
+            raise RegistrationRefused("%s: ttl %s s; this proxy accepts at most %d s" % (
+                TOO_LONG, ttl if ttl < 10**9 else "over 10^9", self.max_ttl))
+        return uri, timestamp, ttl
+
+
+def signature_id(token: str) -> str:
+    """
+    A name for the signature of the compact ES256 JWS C{token} (verified):
+    the SHA-256, in hex, of its signing input, the signature's C{r} and the
+    lower of C{s} and C{n - s}.  Whoever holds a token can turn C{s} into
+    C{n - s}, or re-encode the base64url's unused bits, and the signature
+    still verifies; the name stays the same.
+    """
+    signing_input, _, encoded = token.rpartition(".")
+    raw = _b64url_decode(encoded)
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    s = min(s, _P256_ORDER - s)
+    digest = hashlib.sha256(signing_input.encode("ascii"))
+    digest.update(b".")
+    digest.update(r)
+    digest.update(s.to_bytes(32, "big"))
+    return digest.hexdigest()
 
 
 def _short(exc: Exception) -> str:

@@ -53,10 +53,15 @@ REFUSAL_REASONS = (
     (mandate_tokens.VERIFY_FAILED, "verify_failed"),
     (mandate_tokens.MALFORMED, "malformed_token"),
     (mandate_tokens.UNSUPPORTED_ALG, "unsupported_alg"),
+    (mandate_tokens.TOO_LONG, "too_long"),
     (NOT_AUTHORIZED, "not_authorized"),
     # The proxy's own refusals of a connection (proxy/tunnel.py).
     ("no registration received in time", "timeout"),
     ("malformed message", "malformed_message"),
+    ("token already used", "replayed"),
+    ("cannot check the token for replay", "replay_check_unavailable"),
+    ("token made before this proxy started", "before_start"),
+    ("too many registration attempts", "too_many_registrations"),
 )
 #: The reason label of a refusal no prefix matches.
 OTHER = "other"

@@ -18,6 +18,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from brickchain_proxy.bus import BusUnavailable
 from brickchain_proxy.client.service import TunnelClientService
+from brickchain_proxy.identity import ClientKey
+from brickchain_proxy.messages import RegistrationRequest
 from brickchain_proxy.proxy.hub import instance_channel, parse_holder
 from tests.redis_server import (
     LoadBalancer,
@@ -41,7 +43,11 @@ from tests.support import (
     visitor,
     wait_until,
 )
-from tests.support_ws import LocalWebSocketService, connect_visitor
+from tests.support_ws import (
+    LocalWebSocketService,
+    connect_raw_tunnel,
+    connect_visitor,
+)
 
 #: How long recovery (a Redis reconnect with backoff, a client reconnect)
 #: may take before a test gives up.
@@ -683,6 +689,79 @@ class TakeoverTests(_RedisCluster, TestCase):
             await self.get_ok(instance.tunnel_url(client_id, "/echo?" + instance.name))
         self.assertEqual([r.query for r in newer_local.requests], [b"A", b"B"])
         self.assertEqual(self.local.requests, [])
+
+
+class ReplayAcrossInstancesTests(_RedisCluster, TestCase):
+    """
+    A mandate token registers once across every instance on the Redis:
+    replayed on another instance it is refused, and while Redis is
+    unreachable new registrations are refused (fail closed) while the
+    tunnels held keep working.
+    """
+
+    def record_tokens(self):
+        tokens = []
+        original = ClientKey.sign_mandate_token
+
+        def recording(key, *args, **kwargs):
+            token = original(key, *args, **kwargs)
+            tokens.append(token)
+            return token
+
+        self.patch(ClientKey, "sign_mandate_token", recording)
+        return tokens
+
+    async def test_token_used_on_a_is_refused_on_b(self):
+        """
+        The client's token, replayed on B (which also accepts A's URL), is
+        refused as already used; the tunnel stays on A and answers through
+        both instances.
+        """
+        tokens = self.record_tokens()
+        a = await self.instance("A")
+        b = await self.instance("B", extra_bases=(a.url,))
+        client, client_id = await self.tunnel_on(a)
+        self.assertEqual(len(tokens), 1)
+
+        attacker = await connect_raw_tunnel(self, b.port)
+        attacker.send(RegistrationRequest(mandate_token=tokens[0]))
+        await wait_until(lambda: attacker.gone, what="replay refused")
+
+        self.assertEqual(attacker.close_code, 1008)
+        self.assertEqual(attacker.messages, [
+            b"token already used: sign a new token for every registration"])
+        self.assertNotIn(client_id, b.proxy.hub.local)
+        self.assertEqual(await self.owner(b, client_id), a.instance_id)
+        for instance in (a, b):
+            await self.get_ok(instance.tunnel_url(client_id, "/echo?" + instance.name))
+        self.assertEqual([r.query for r in self.local.requests], [b"A", b"B"])
+
+    async def test_redis_down_refuses_new_registrations_not_tunnels(self):
+        """
+        With Redis gone, a new registration is refused saying why, the
+        tunnel A holds keeps answering on A; with Redis back, a new client
+        registers.
+        """
+        a = await self.instance("A")
+        client, client_id = await self.tunnel_on(a)
+        await self.redis.stop()
+        await wait_until(lambda: not a.proxy.backend.connected,
+                         what="A notices Redis is down")
+
+        attacker = await connect_raw_tunnel(self, a.port)
+        attacker.register(ClientKey.generate(), a.url)
+        await wait_until(lambda: attacker.gone, what="registration refused")
+        self.assertEqual(attacker.close_code, 1008)
+        self.assertEqual(attacker.messages, [
+            b"cannot check the token for replay: Redis is unreachable; "
+            b"try again later"])
+        await self.get_ok(a.tunnel_url(client_id, "/echo?down"))
+
+        await self.redis.start()
+        await wait_until(lambda: a.proxy.backend.connected, tries=2500,
+                         what="A back on Redis")
+        newcomer = start_client(self, a.url, self.local_url)
+        await newcomer.when_registered()
 
 
 class RealProcessTests(_RedisCluster, TestCase):

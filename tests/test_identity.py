@@ -23,9 +23,12 @@ from brickchain_proxy.identity import (
     session_client_id,
 )
 from brickchain_proxy.mandate_tokens import (
+    DEFAULT_MAX_TTL,
+    TOO_LONG,
     MandateToken,
     RegistrationRefused,
     TokenVerifier,
+    signature_id,
 )
 from brickchain_proxy.timestamps import format_timestamp, parse_timestamp
 from tests import protocol_vectors
@@ -235,6 +238,19 @@ class VectorTokenTests(SynchronousTestCase):
         self.assertEqual(result.uri, BASE)
         self.assertEqual(result.ttl, 60)
 
+    def test_go_token_fits_the_default_lifetime_limit(self):
+        """The Go client signs 60 s tokens: under the default limit, accepted at its edge."""
+        self.assertLessEqual(60, DEFAULT_MAX_TTL)
+        result = TokenVerifier(BASE, max_ttl=60).verify(
+            self.token, now=self.timestamp + 60)
+        self.assertEqual(result.expires_at, self.timestamp + 65)
+
+    def test_go_token_has_a_signature_id(self):
+        """The Go token's signature id is the hash of its signing input, r and the low s."""
+        result = TokenVerifier(BASE).verify(self.token, now=self.timestamp + 1)
+        self.assertEqual(result.signature_id, signature_id(self.token))
+        self.assertRegex(result.signature_id, "^[0-9a-f]{64}$")
+
     def test_go_token_verifies_for_base_with_slash(self):
         """A trailing slash on the base URL makes no difference."""
         TokenVerifier(BASE + "/").verify(self.token, now=self.timestamp + 1)
@@ -298,6 +314,8 @@ class SignAndVerifyTests(SynchronousTestCase):
                 uri=BASE,
                 timestamp=NOW,
                 ttl=30,
+                signature_id=signature_id(token),
+                expires_at=NOW + 30 + 5,
             ),
         )
 
@@ -440,11 +458,57 @@ class SignAndVerifyTests(SynchronousTestCase):
         self.verifier.verify(token, NOW + 65)
         self.assertRefused(token, "Token has expired", now=NOW + 65.5)
 
-    def test_huge_ttl_is_capped(self):
-        """A ttl beyond the cap only lasts as long as the cap."""
-        token = self.key.sign_mandate_token(BASE, ttl=10**9, now=NOW)
-        self.assertEqual(self.verifier.verify(token, NOW + 1).ttl, 3600)
-        self.assertRefused(token, "Token has expired", now=NOW + 3700)
+    def test_ttl_over_the_limit_is_refused(self):
+        """A ttl beyond max_ttl (120 s by default) is refused, saying both numbers."""
+        token = self.key.sign_mandate_token(BASE, ttl=3600, now=NOW)
+        exc = self.assertRefused(token, TOO_LONG)
+        self.assertEqual(
+            exc.reason, "token lifetime too long: ttl 3600 s; this proxy "
+            "accepts at most 120 s")
+        huge = self.key.sign_mandate_token(BASE, ttl=10**30, now=NOW)
+        self.assertIn("over 10^9", self.assertRefused(huge, TOO_LONG).reason)
+
+    def test_ttl_at_the_limit_is_accepted(self):
+        """A ttl of exactly max_ttl verifies, and expires after it plus skew."""
+        verifier = TokenVerifier(BASE, max_ttl=300)
+        token = self.key.sign_mandate_token(BASE, ttl=300, now=NOW)
+        self.assertEqual(verifier.verify(token, NOW + 305).expires_at, NOW + 305)
+        self.assertRaises(RegistrationRefused, verifier.verify, token, NOW + 305.5)
+        self.assertRaises(RegistrationRefused, TokenVerifier(BASE, max_ttl=299).verify,
+                          token, NOW + 1)
+
+    def test_each_signing_has_its_own_signature_id(self):
+        """Two tokens signed alike (same key, payload, second) have different ids."""
+        first = self.key.sign_mandate_token(BASE, now=NOW)
+        second = self.key.sign_mandate_token(BASE, now=NOW)
+        self.assertEqual(first.split(".")[:2], second.split(".")[:2])
+        self.assertNotEqual(self.verifier.verify(first, NOW).signature_id,
+                            self.verifier.verify(second, NOW).signature_id)
+
+    def test_malleated_signature_keeps_its_id(self):
+        """s turned into n - s still verifies, and names the same signature."""
+        token = self.key.sign_mandate_token(BASE, now=NOW)
+        header, payload, signature = token.split(".")
+        raw = base64.urlsafe_b64decode(signature + "==")
+        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+        s = int.from_bytes(raw[32:], "big")
+        flipped = raw[:32] + (order - s).to_bytes(32, "big")
+        malleated = ".".join([header, payload, _b64(flipped)])
+        self.assertNotEqual(malleated, token)
+        self.assertEqual(self.verifier.verify(malleated, NOW).signature_id,
+                         self.verifier.verify(token, NOW).signature_id)
+
+    def test_reencoded_signature_keeps_its_id(self):
+        """Other bits in the base64url's unused tail decode alike: the same id."""
+        token = self.key.sign_mandate_token(BASE, now=NOW)
+        head, last = token[:-1], token[-1]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        # 64 bytes take 86 characters: the last one carries 2 bits, and its
+        # other 4 are unused.
+        reencoded = head + alphabet[alphabet.index(last) ^ 1]
+        self.assertNotEqual(reencoded, token)
+        self.assertEqual(self.verifier.verify(reencoded, NOW).signature_id,
+                         signature_id(token))
 
     def test_future_timestamp_is_refused(self):
         """A token made well after now is refused."""

@@ -132,6 +132,14 @@ class RefusalReasonTests(SynchronousTestCase):
             NOT_AUTHORIZED: "not_authorized",
             "no registration received in time": "timeout",
             "malformed message: invalid JSON": "malformed_message",
+            mandate_tokens.TOO_LONG + ": ttl 3600 s": "too_long",
+            "token already used: sign a new token": "replayed",
+            "cannot check the token for replay: Redis is unreachable":
+                "replay_check_unavailable",
+            "too many registration attempts on this connection (at most 5)":
+                "too_many_registrations",
+            "token made before this proxy started: sign a new token":
+                "before_start",
         }
         for text, label in cases.items():
             self.assertEqual(refusal_reason(text), label, text)

@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from brickchain_proxy.bus import BusUnavailable
 from brickchain_proxy.bus import envelope
-from brickchain_proxy.features import CLIENT_DEFAULT, MESSAGE_FEATURES, RAW_PATH, STREAMS, SUPPORTED
+from brickchain_proxy.features import CLIENT_DEFAULT, MESSAGE_FEATURES, RAW_PATH, STREAMS
 from brickchain_proxy.proxy.hub import STREAMS_HOLDER_SUFFIX, instance_channel, parse_holder
 from brickchain_proxy.proxy.remote_streams import INSTANCE_GONE, RemoteTunnel
 from brickchain_proxy.streams import frames

@@ -6,6 +6,7 @@ C{redis+sentinel://} (a master found through Redis Sentinel).
 
 from zope.interface import implementer
 
+from ..replay import MemoryReplayGuard
 from .interface import BusUnavailable, IBackend, IBus, ITunnelDirectory
 from .memory import MemoryBus, MemoryDirectory
 
@@ -17,6 +18,7 @@ class MemoryBackend:
     """
 
     def __init__(self, reactor):
+        self._reactor = reactor
         self.bus = MemoryBus(reactor)
         self.directory = MemoryDirectory()
 
@@ -31,6 +33,9 @@ class MemoryBackend:
 
     def rate_limiter(self, local_limiter):
         return local_limiter
+
+    def replay_guard(self):
+        return MemoryReplayGuard(self._reactor)
 
 
 def validate_bus_url(url):
@@ -61,8 +66,8 @@ def validate_bus_url(url):
 def open_backend(url, reactor, directory_ttl=60, ca_cert=None):
     """
     Build (without connecting) the backend a C{--bus} URL names.  It has
-    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)}
-    and C{rate_limiter(local_limiter)}.
+    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)},
+    C{rate_limiter(local_limiter)} and C{replay_guard()}.
 
     @param ca_cert: for C{rediss://}, a PEM file of the CA certificate(s)
         the server is verified with (default: the system's trust store).

@@ -133,3 +133,10 @@ class IBackend(Interface):
         The L{brickchain_proxy.ratelimit.IRateLimiter} to use: shared
         through the backend, or C{local_limiter} itself.
         """
+
+    def replay_guard():
+        """
+        The L{brickchain_proxy.replay.IReplayGuard} that remembers the
+        mandate tokens used to register: shared through the backend by
+        every instance on it, or this process's own.
+        """

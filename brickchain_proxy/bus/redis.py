@@ -26,7 +26,7 @@ from zope.interface import implementer
 from ..endpoints import client_endpoint
 from ..tls import ClientTLSPolicy, tls_failure_reason
 from .interface import BusUnavailable, IBackend, IBus
-from .redis_state import RedisDirectory, RedisRateLimiter
+from .redis_state import RedisDirectory, RedisRateLimiter, RedisReplayGuard
 from .sentinel import SCHEME as SENTINEL_SCHEME
 from .sentinel import MasterWatch, parse_sentinel_url, sentinel_endpoint
 
@@ -239,6 +239,14 @@ class RedisBackend:
         """
         return RedisRateLimiter(self, local_limiter.count, local_limiter.period,
                                 local_limiter)
+
+    def replay_guard(self):
+        """
+        The guard shared by every instance on this Redis: a token used on
+        one is refused on all (and, while Redis is unreachable, new
+        registrations are refused).
+        """
+        return RedisReplayGuard(self, self._reactor)
 
     def on_reconnect(self, listener):
         """

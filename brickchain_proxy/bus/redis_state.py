@@ -1,18 +1,22 @@
 """
 What proxy instances sharing one Redis keep in its keys: the tunnel
-directory (which instance holds which tunnel, C{<prefix>tunnel:<clientID>})
-and the per-tunnel rate-limit buckets (C{<prefix>rate:<key>}), each updated
+directory (which instance holds which tunnel, C{<prefix>tunnel:<clientID>}),
+the per-tunnel rate-limit buckets (C{<prefix>rate:<key>}) and the mandate
+tokens used to register (C{<prefix>token:<signature id>}), each updated
 atomically by one command or Lua script.
 
-Both send their commands through a L{brickchain_proxy.bus.redis.RedisBackend},
+All three send their commands through a L{brickchain_proxy.bus.redis.RedisBackend},
 which builds them.
 """
+
+import math
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..ratelimit import IRateLimiter
+from ..replay import IReplayGuard, ReplayCheckUnavailable
 from .interface import BusUnavailable, ITunnelDirectory
 
 
@@ -184,3 +188,56 @@ class RedisRateLimiter:
 
     def prune(self):
         return self._fallback.prune()
+
+
+@implementer(IReplayGuard)
+class RedisReplayGuard:
+    """
+    Used mandate tokens in Redis, one key per token
+    (C{SET <prefix>token:<signature id> 1 NX PX <ms>}), so a token that
+    registered on one instance is refused on every other.  Each key lives
+    until the token's expiry plus C{margin} seconds, for the clocks of the
+    instances to disagree by that much.
+
+    While Redis is unreachable, L{first_use} fails with
+    L{ReplayCheckUnavailable}: new registrations are refused (fail closed),
+    tunnels already registered keep working.
+    """
+
+    _log = Logger()
+    #: Redis outlives this process: what it remembers is not bounded by
+    #: when this instance started.
+    since = None
+
+    def __init__(self, backend, clock, margin=5.0):
+        self._backend = backend
+        self._clock = clock
+        self._margin = margin
+        self._degraded = False
+
+    def first_use(self, signature_id, expires_at):
+        ms = int(math.ceil((expires_at + self._margin - self._clock.seconds()) * 1000))
+        d = self._backend.command(
+            "SET", (self._backend.prefix + "token:" + signature_id).encode("utf-8"),
+            b"1", "NX", "PX", max(1, ms))
+        d.addCallbacks(self._decided, self._failed)
+        return d
+
+    def _decided(self, result):
+        if self._degraded:
+            self._degraded = False
+            self._log.info("the replay guard is back on Redis: registrations "
+                           "are accepted again")
+        return result is not None  # None: NX found the key, a replay
+
+    def _failed(self, failure):
+        if not self._degraded:
+            self._degraded = True
+            self._log.warn(
+                "cannot check mandate tokens for replay in Redis ({error}): "
+                "refusing new registrations until it is back; registered "
+                "tunnels keep working", error=failure.getErrorMessage())
+        raise ReplayCheckUnavailable("Redis is unreachable")
+
+    def prune(self):
+        return 0  # Redis expires the keys itself

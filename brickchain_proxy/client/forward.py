@@ -29,7 +29,7 @@ from ..metrics import NO_CLIENT_METRICS
 from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
 from .inspector import NO_RECORDER
 from .rewrite import LocalRewrite
-from .urls import local_url
+from .urls import ESCAPES_PREFIX, PathEscapesPrefix, local_url
 
 # What the client never forwards to the local service: Agent writes Host and
 # Content-Length itself (once each), and the whole body is already here, so
@@ -239,6 +239,14 @@ class LocalForwarder:
         """
         return local_url(self._origin + self._prefix, message, features)
 
+    def log_escape(self, method, path):
+        """
+        Log a request refused because its path could leave the prefix.
+        """
+        self._log.warn(
+            "refused {method} {path}: path escapes the local prefix {prefix}",
+            method=method, path=path[:300], prefix=self._prefix + "/")
+
     def forward(self, message, features=frozenset(), exchange=None):
         """
         Replay C{message} (an L{HttpRequest}) locally, and report it to
@@ -273,6 +281,10 @@ class LocalForwarder:
             d = self._agent.request(
                 message.method.encode("latin-1"), url, headers, producer
             )
+        except PathEscapesPrefix as e:
+            self.log_escape(message.method, e.path)
+            return succeed(self._finished(
+                _error(message, 400, ESCAPES_PREFIX), None, message, started))
         except ValueError as e:
             # A method or URL the HTTP client refuses (not a token, not
             # Latin-1, ...): the visitor's request is bad, not our code.

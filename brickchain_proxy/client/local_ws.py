@@ -22,7 +22,7 @@ from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
 from ..wsutil import SendBufferWatch, close_websocket, is_open
 from .rewrite import LocalRewrite
 from .streamed_ws import StreamedLocal, StreamHead
-from .urls import local_url
+from .urls import ESCAPES_PREFIX, PathEscapesPrefix, local_url
 
 #: Headers Autobahn writes into every opening handshake itself (RFC 6455
 #: 4.1: Host, Upgrade, Connection, Sec-WebSocket-Key/-Version/-Extensions,
@@ -262,6 +262,12 @@ class LocalWebSockets:
                     factory.host, factory.port = host, int(port)
                 else:
                     factory.host = self._rewrite.host
+        except PathEscapesPrefix as e:
+            self._log.warn(
+                "refused websocket {path}: path escapes the local prefix {prefix}",
+                path=e.path[:300], prefix=self._prefix + "/")
+            self._answer(stream_id, False, ESCAPES_PREFIX)
+            return
         except Exception as e:
             self._answer(stream_id, False, "bad websocket request: {}".format(e))
             return

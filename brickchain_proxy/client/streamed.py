@@ -23,6 +23,7 @@ from ..metrics import ABORTED
 from ..streams.session import IStreamHandler
 from ..tls import LOCAL_TLS_REFUSED, tls_failure_reason
 from .inspector import NULL_EXCHANGE
+from .urls import ESCAPES_PREFIX, PathEscapesPrefix
 
 _DROP_FROM_REQUEST = frozenset(["host", "content-length", "expect"])
 
@@ -156,6 +157,10 @@ class LocalStreamedRequest:
             if not self._stream.received_fin:
                 self._body = _StreamedBody(self, length)
             self._request = self._forwarder.agent.request(method, url, headers, self._body)
+        except PathEscapesPrefix as e:
+            self._forwarder.log_escape(head.get("method"), e.path)
+            self._answer_error(400, ESCAPES_PREFIX)
+            return
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             self._log.warn("cannot forward streamed request: {error}", error=str(e))
             self._answer_error(502, "bad request for the local service: {}".format(e))

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from ..bus import open_backend
 from ..listener import Listener
-from ..mandate_tokens import TokenVerifier
+from ..mandate_tokens import DEFAULT_MAX_TTL, TokenVerifier
 from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_site
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
@@ -72,7 +72,8 @@ class ProxyService(service.MultiService):
                  extra_bases=(), v1_ws_pacing=V1_WS_PACING, max_stream_body=0,
                  stream_idle_timeout=300.0, metrics=None, bus_ca_cert=None,
                  max_pending_bytes=DEFAULT_MAX_PENDING_BYTES,
-                 max_tunnel_pending_bytes=DEFAULT_MAX_TUNNEL_PENDING_BYTES):
+                 max_tunnel_pending_bytes=DEFAULT_MAX_TUNNEL_PENDING_BYTES,
+                 max_token_lifetime=DEFAULT_MAX_TTL, max_registrations=5):
         service.MultiService.__init__(self)
         self._reactor = reactor
         self.metrics = NO_PROXY_METRICS if metrics is None else ProxyMetrics()
@@ -86,12 +87,16 @@ class ProxyService(service.MultiService):
         self.limiter = self.backend.rate_limiter(self.local_limiter)
         # After a Redis restart, claim our tunnels again at once.
         self.backend.on_reconnect(self.hub.renew_all)
+        #: remembers the mandate tokens used, on every instance of the bus
+        self.replay_guard = self.backend.replay_guard()
+        self._max_token_lifetime = max_token_lifetime
         self.authorized_keys = (
             AuthorizedKeys(authorized_keys) if authorized_keys else None
         )
         self.tunnel_factory = TunnelServerFactory(
             self.hub,
-            TokenVerifier(base, extra_bases=extra_bases),
+            TokenVerifier(base, extra_bases=extra_bases,
+                          max_ttl=max_token_lifetime),
             domain,
             reactor,
             ping_interval=ping_interval,
@@ -101,6 +106,8 @@ class ProxyService(service.MultiService):
             url=_ws_url(base),
             v1_ws_pacing=v1_ws_pacing,
             metrics=self.metrics,
+            replay_guard=self.replay_guard,
+            max_registrations=max_registrations,
         )
         self.visitor_factory = VisitorFactory(
             self.hub, reactor, max_message_size=max_body,
@@ -274,7 +281,7 @@ class ProxyService(service.MultiService):
         """
         self._base = base
         self.tunnel_factory.verifier = TokenVerifier(
-            base, extra_bases=self._extra_bases)
+            base, extra_bases=self._extra_bases, max_ttl=self._max_token_lifetime)
 
     def when_listening(self):
         """
@@ -287,6 +294,7 @@ class ProxyService(service.MultiService):
 
     def _housekeeping(self):
         self.limiter.prune()
+        self.replay_guard.prune()
         self.hub.renew_all()
         self.hub.probe_remote()
 

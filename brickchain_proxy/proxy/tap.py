@@ -65,6 +65,14 @@ class Options(EnvironmentOptions, usage.Options):
         ["registration-timeout", None, 10.0,
          "Seconds a new tunnel connection has to register before it is "
          "closed.", positive(float)],
+        ["max-token-lifetime", None, None,
+         "Longest lifetime (ttl) of a mandate token accepted, in seconds; "
+         "longer ones are refused. Clients (ours and Go's) sign 60 s "
+         "tokens, a new one for every registration. [default: 120]",
+         positive(int)],
+        ["max-registrations", None, 5,
+         "Most registration attempts on one tunnel connection (each costs a "
+         "signature check); the next closes it (1008).", positive(int)],
         ["authorized-keys", None, None,
          "File of clientIDs or key thumbprints (one per line, # comments) "
          "allowed to register; re-read on SIGHUP. Without it any client may "
@@ -170,6 +178,10 @@ class Options(EnvironmentOptions, usage.Options):
                     "{} ({}) must be at least --max-body ({}): a request of "
                     "--max-body bytes would never pass".format(
                         name, value, self["max-body"]))
+        if self["max-token-lifetime"] is None:
+            from ..mandate_tokens import DEFAULT_MAX_TTL
+
+            self["max-token-lifetime"] = DEFAULT_MAX_TTL
         if self["ws-ping-interval"] < 0:
             raise usage.UsageError("--ws-ping-interval must be 0 or more")
         if not self["listen"]:
@@ -262,5 +274,7 @@ def makeService(config, reactor=None):
         max_stream_body=config["max-stream-body"],
         stream_idle_timeout=config["stream-idle-timeout"],
         metrics=config["metrics"],
+        max_token_lifetime=config["max-token-lifetime"],
+        max_registrations=config["max-registrations"],
         handle_signals=True,
     )

@@ -5,6 +5,11 @@ The protocol class handles the wire only -- decode, dispatch to a
 C{handle_<type>} method, encode -- and leaves routing and correlation to the
 L{TunnelHub}; its factory is in L{tunnel_factory}.  It also owns two per-connection timers on the reactor's clock:
 the registration deadline and the idle ping.
+
+A registration is accepted once its mandate token has verified, the key is
+authorized and the factory's replay guard says the token is used for the
+first time; a connection may try at most C{factory.max_registrations}
+times (each costs an ECDSA verification).
 """
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -16,6 +21,7 @@ from ..compat import cancel_close_handshake_timer
 from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from ..identity import derive_client_id
 from ..mandate_tokens import RegistrationRefused
+from ..replay import ReplayCheckUnavailable
 from ..wsutil import (
     CleanClose,
     TunnelBackpressure,
@@ -42,6 +48,11 @@ from .pacing import FramePacer
 
 PING = encode(Ping())
 
+#: Refusal reasons of this module (plain text, sent to the client).
+REPLAYED = "token already used"
+REPLAY_CHECK_UNAVAILABLE = "cannot check the token for replay"
+BEFORE_START = "token made before this proxy started"
+TOO_MANY_REGISTRATIONS = "too many registration attempts on this connection"
 
 
 @implementer(ITunnelConnection)
@@ -60,6 +71,8 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
     _registration_timer = None
     _ping_timer = None
     _peer_text = "?"
+    #: registration-requests received on this connection
+    _registrations = 0
 
     def onConnect(self, request):
         self._peer_text = request.peer
@@ -131,6 +144,17 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
 
     def handle_registration(self, message, payload):
         factory = self.factory
+        self._registrations += 1
+        if self._registrations > factory.max_registrations:
+            self._log.warn(
+                "tunnel {peer}: registration attempt {count}, over the limit "
+                "of {limit} per connection: closing",
+                peer=self._peer_text, count=self._registrations,
+                limit=factory.max_registrations,
+            )
+            self._refuse_registration("{} (at most {})".format(
+                TOO_MANY_REGISTRATIONS, factory.max_registrations))
+            return
         try:
             token = factory.verifier.verify(
                 message.mandate_token, now=self._clock.seconds()
@@ -144,6 +168,50 @@ class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
             )
             self._refuse_registration(e.reason)
             return
+        guard = factory.replay_guard
+        # (Timestamps carry microseconds: a millisecond absorbs rounding.)
+        if guard.since is not None and token.timestamp + 0.001 < guard.since:
+            # It may have registered on this proxy before a restart.
+            self._log.warn(
+                "tunnel {peer}: registration of {client_id} refused: {reason}",
+                peer=self._peer_text, client_id=client_id, reason=BEFORE_START)
+            self._refuse_registration(BEFORE_START + ": sign a new token")
+            return
+        checked = guard.first_use(token.signature_id, token.expires_at)
+        checked.addCallbacks(
+            self._replay_checked, self._replay_check_failed,
+            callbackArgs=(message, token, client_id), errbackArgs=(client_id,))
+        checked.addErrback(lambda f: self._log.failure(
+            "tunnel {peer}: registration failed", f, peer=self._peer_text))
+
+    def _replay_checked(self, first, message, token, client_id):
+        if self.state != self.STATE_OPEN:
+            return  # closed (or refused) while the guard was asked
+        if not first:
+            self._log.warn(
+                "tunnel {peer}: registration refused: {reason} (a replayed "
+                "token for {client_id}; the tunnel stays where it is)",
+                peer=self._peer_text, reason=REPLAYED, client_id=client_id,
+            )
+            self._refuse_registration(
+                REPLAYED + ": sign a new token for every registration")
+            return
+        self._accept(message, token, client_id)
+
+    def _replay_check_failed(self, failure, client_id):
+        failure.trap(ReplayCheckUnavailable)
+        if self.state != self.STATE_OPEN:
+            return
+        reason = "{}: {}; try again later".format(
+            REPLAY_CHECK_UNAVAILABLE, failure.getErrorMessage())
+        self._log.warn(
+            "tunnel {peer}: registration of {client_id} refused: {reason}",
+            peer=self._peer_text, client_id=client_id, reason=reason,
+        )
+        self._refuse_registration(reason)
+
+    def _accept(self, message, token, client_id):
+        factory = self.factory
         factory.metrics.registration_accepted()
         offered = message.features
         negotiated = _features.negotiate(offered, factory.features)

@@ -1,9 +1,9 @@
 """
 The factory of the proxy's tunnel websockets (L{tunnel.TunnelServerProtocol}):
-what every connection shares -- the hub, the token verifier, the timers'
-settings, the negotiable features -- the set of open connections (for
-graceful shutdown) and the registration policy (authorized keys, re-checked
-on SIGHUP).
+what every connection shares -- the hub, the token verifier and replay
+guard, the timers' settings, the negotiable features -- the set of open
+connections (for graceful shutdown) and the registration policy (authorized
+keys, re-checked on SIGHUP; registration attempts per connection).
 """
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from .. import features as _features
 from ..mandate_tokens import RegistrationRefused
 from ..metrics import NO_PROXY_METRICS
+from ..replay import MemoryReplayGuard
 from .tunnel import TunnelServerProtocol
 
 
@@ -22,6 +23,10 @@ class TunnelServerFactory(WebSocketServerFactory):
 
     @ivar connections: the open tunnel connections (for shutdown).
     @ivar metrics: the L{IProxyMetrics} registrations are counted in.
+    @ivar replay_guard: the L{IReplayGuard} that refuses a mandate token
+        used twice (by default this process's own, on C{clock}).
+    @ivar max_registrations: the most registration-requests one connection
+        may send; the next closes it.
     """
 
     protocol = TunnelServerProtocol
@@ -30,7 +35,8 @@ class TunnelServerFactory(WebSocketServerFactory):
     def __init__(self, hub, verifier, domain, clock, ping_interval=10.0,
                  registration_timeout=10.0, max_message_size=4 * 1024 * 1024,
                  features=_features.SUPPORTED, authorizer=None, url=None,
-                 v1_ws_pacing=0.0, metrics=NO_PROXY_METRICS):
+                 v1_ws_pacing=0.0, metrics=NO_PROXY_METRICS, replay_guard=None,
+                 max_registrations=5):
         WebSocketServerFactory.__init__(self, url=url, reactor=clock)
         self.hub = hub
         self.verifier = verifier
@@ -44,6 +50,9 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.v1_ws_pacing = v1_ws_pacing
         self._authorizer = authorizer
         self.metrics = metrics
+        self.replay_guard = (
+            MemoryReplayGuard(clock) if replay_guard is None else replay_guard)
+        self.max_registrations = max_registrations
         self.connections = set()
         self._closed_waiters = []
         self.setProtocolOptions(
