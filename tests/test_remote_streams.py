@@ -457,3 +457,41 @@ class EnvelopeTests(RemoteStreamTestCase):
         remote = self.successResultOf(self.b.remote_tunnel(CLIENT))
         self.assertTrue(remote.features >= MESSAGE_FEATURES | {STREAMS})
         self.assertIn(RAW_PATH, remote.features)
+
+
+class RelayProbeTests(RemoteStreamTestCase):
+
+    def test_relay_of_a_vanished_visitor_instance_ends_at_the_probe(self):
+        """A relayed stream whose visitor's instance died (no frame since) is reset toward the client by A's probe, not at the idle timeout."""
+        self.open(fin=False)
+        self.pump()
+        [served] = self.connection.accepted
+        self.a.probe_remote()
+        self.pump()
+        self.assertEqual(served.resets, [])  # B still listens
+        for channel in self.b._channels:
+            self.bus.unsubscribe(channel, self.b._bus_received)
+        self.hubs.remove(self.b)
+        self.b.remote_tunnels._streams.clear()
+        self.a.probe_remote()
+        self.pump()
+        self.assertEqual(served.resets, ["the visitor's proxy instance is gone"])
+
+
+class LateAcceptTests(HubTestCase):
+
+    def test_websocket_accepted_after_nobody_waits_is_closed(self):
+        """A ws-response accepting a websocket nobody waits for any more gets a ws-teardown, so the client closes its local websocket."""
+        from brickchain_proxy.messages import WSResponse, WSTeardown, decode, encode
+
+        hub = self.make_hub("a")
+        connection = FakeConnection()
+        self.successResultOf(hub.attach(CLIENT, connection))
+        raw = encode(WSResponse(id="late-one", ok=True))
+        self.assertFalse(hub.reply(connection, decode(raw), raw))
+        [sent] = connection.sent
+        self.assertEqual(type(decode(sent)), WSTeardown)
+        self.assertEqual(decode(sent).id, "late-one")
+        refused = encode(WSResponse(id="late-two", ok=False, error="no"))
+        hub.reply(connection, decode(refused), refused)
+        self.assertEqual(len(connection.sent), 1)

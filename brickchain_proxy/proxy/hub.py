@@ -42,7 +42,7 @@ from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
 from ..errors import CLOSE_GOING_AWAY, RemoteFailure, TunnelOffline
 from ..features import POOL, SUPPORTED
-from ..messages import MessageError, WSMessage, WSTeardown, decode, encode
+from ..messages import MessageError, WSMessage, WSResponse, WSTeardown, decode, encode, encode
 from .relay import RelayTable, adapt_to
 from .remote_streams import RemoteTunnels
 from .stream_relay import StreamRelays
@@ -463,6 +463,12 @@ class TunnelHub:
             if accepted:
                 d.addCallback(self.relay_published, message.id, relay)
             return True
+        if type(message) is WSResponse and message.ok:
+            # A websocket accepted after its visitor gave up (or its relay
+            # expired): nobody will ever use it, so the client closes it.
+            self._log.info("websocket {id} accepted too late: closing it",
+                           id=message.id)
+            connection.send_raw(encode(WSTeardown(id=message.id)))
         return False
 
     def relay_published(self, receivers, message_id, relay):
@@ -588,7 +594,12 @@ class TunnelHub:
         """
         self.websockets.probe_remote()
         self.probe_relay_origins()
-        self.remote_tunnels.probe(lambda instance: self._publish(instance, envelope.Probe()))
+
+        def probe(instance):
+            return self._publish(instance, envelope.Probe())
+
+        self.remote_tunnels.probe(probe)
+        self.relayed_streams.probe(probe)
 
     def _tunnel_frame(self, frame):
         self.relayed_streams.from_visitor(frame)

@@ -239,6 +239,21 @@ class StreamRelays:
             frames.encode(RESET, 0, remote_id, reason.encode("utf-8")[:500])))
         d.addErrback(lambda f: None)
 
+    def probe(self, probe):
+        """
+        Ask every instance with visitors on relays here whether it is still
+        there: C{probe(instance)} returns a L{Deferred} of the number of
+        receivers; 0 ends its relays (an idle stream of a killed instance
+        would otherwise wait for the idle timeout).
+        """
+        for origin in {relayed.origin for relayed in self._relays.values()}:
+            probe(origin).addCallback(self._probed, origin)
+
+    def _probed(self, receivers, origin):
+        if receivers == 0:
+            for relayed in [r for r in self._relays.values() if r.origin == origin]:
+                self._end(relayed, "the visitor's proxy instance is gone")
+
     def clear(self):
         """
         Forget every relay (the proxy is stopping; the tunnels' connections
