@@ -42,7 +42,7 @@ from ..bus.interface import BusUnavailable
 from ..correlation import PendingRequests, TunnelGone
 from ..errors import CLOSE_GOING_AWAY, RemoteFailure, TunnelOffline
 from ..features import POOL, SUPPORTED
-from ..messages import MessageError, WSMessage, WSResponse, WSTeardown, decode, encode, encode
+from ..messages import MessageError, WSMessage, WSResponse, WSTeardown, decode, encode
 from .relay import RelayTable, adapt_to
 from .remote_streams import RemoteTunnels
 from .stream_relay import StreamRelays
