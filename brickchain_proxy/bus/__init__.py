@@ -29,6 +29,9 @@ class MemoryBackend:
     def on_reconnect(self, listener):
         pass
 
+    def on_interrupted(self, listener):
+        pass  # nothing is ever lost in memory
+
     def rate_limiter(self, local_limiter):
         return local_limiter
 
@@ -61,8 +64,8 @@ def validate_bus_url(url):
 def open_backend(url, reactor, directory_ttl=60):
     """
     Build (without connecting) the backend a C{--bus} URL names.  It has
-    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)}
-    and C{rate_limiter(local_limiter)}.
+    C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)},
+    C{on_interrupted(listener)} and C{rate_limiter(local_limiter)}.
     """
     validate_bus_url(url)
     if url == "memory":

@@ -82,6 +82,8 @@ class ProxyService(service.MultiService):
         self.limiter = self.backend.rate_limiter(self.local_limiter)
         # After a Redis restart, claim our tunnels again at once.
         self.backend.on_reconnect(self.hub.renew_all)
+        # Frames to this instance may be lost with its subscriber connection.
+        self.backend.on_interrupted(self.hub.bus_interrupted)
         self.authorized_keys = (
             AuthorizedKeys(authorized_keys) if authorized_keys else None
         )

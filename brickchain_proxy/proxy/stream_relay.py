@@ -239,12 +239,12 @@ class StreamRelays:
             frames.encode(RESET, 0, remote_id, reason.encode("utf-8")[:500])))
         d.addErrback(lambda f: None)
 
-    def clear(self):
+    def clear(self, reason="the proxy is stopping"):
         """
-        Forget every relay (the proxy is stopping; the tunnels' connections
-        go with it).
+        Reset every relay both ways, with C{reason} (the proxy is stopping,
+        or the bus lost frames).
         """
         for relayed in list(self._relays.values()):
-            self._end(relayed, "the proxy is stopping")
+            self._end(relayed, reason)
             self._reset_visitor(relayed.origin, relayed.client_id, relayed.remote_id,
-                                "the proxy is stopping")
+                                reason)
