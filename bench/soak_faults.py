@@ -56,7 +56,7 @@ restarted (same key, so same clientID).  The recovery time of a fault is
 the time from the restart until the first correct answer, to a request sent
 after the restart, on every one of the twelve paths.
 
-    .venv/bin/python bench/soak_faults.py --quick        # about 75 s
+    .venv/bin/python bench/soak_faults.py --quick        # about 60 s
     .venv/bin/python bench/soak_faults.py --duration 600 [--json FILE] [--keep]
 
 Exit status: 0 when no answer was wrong or hung, no error happened in a
@@ -829,7 +829,7 @@ def render(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one of each fault, short phases (about 75 s)")
+                        help="one of each fault, short phases (about 60 s)")
     parser.add_argument("--duration", type=float, default=600.0,
                         help="seconds to soak, without --quick (default 600)")
     parser.add_argument("--budget", type=float, default=BUDGET,
