@@ -296,7 +296,7 @@ async def _open(port):
 
 
 async def _read_answer(reader):
-    """(status, headers, body, complete) of one HTTP/1.1 answer."""
+    """(status, headers, body) of one HTTP/1.1 answer; an error if cut short."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
