@@ -510,6 +510,26 @@ class CrossInstanceWebSocketTests(_RedisCluster, TestCase):
         self.assertEqual([p for p, _ in received], sent)
         self.assertEqual({binary for _, binary in received}, {False})
 
+    async def test_lost_subscription_closes_websockets_across_instances(self):
+        """
+        When B's subscriber connection drops, an echo on its way back to B
+        may be lost: the visitor's websocket through B is closed (1001) at
+        once, not left open waiting for a message that will never come.
+        """
+        a, b = await self.two_instances()
+        self.addCleanup(self.assert_nothing_left, a, b)
+        _, client_id = await self.tunnel_on(a, local_url=self.ws_url)
+        ws = await connect_visitor(self, "ws://127.0.0.1:{}/proxy/request/{}/echo".format(
+            b.port, client_id))
+        self.assertEqual((await ws.echo(b"before"))[0], b"before")
+
+        subscriber = b.proxy.backend._subscriber.transport.getHost()
+        await b.proxy.backend.command(
+            "CLIENT", "KILL", "ADDR", "127.0.0.1:{}".format(subscriber.port))
+
+        code, _ = await ws.closed
+        self.assertEqual(code, 1001)
+
 
 class RedisOutageTests(_RedisCluster, TestCase):
     """

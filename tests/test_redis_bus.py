@@ -282,6 +282,28 @@ class RestartTests(_RedisFixture, TestCase):
         self.assertTrue(await bus_ready(backend, channel))
         self.assertTrue(backend.connected)
 
+    async def test_interrupted_listeners_are_told_when_the_subscriber_drops(self):
+        """
+        C{on_interrupted} listeners (the hub resets its streams across
+        instances there) run as soon as the subscriber connection drops --
+        messages published to this process may be lost -- before it is
+        back; C{stop} closing it tells nobody.
+        """
+        backend = await self.backend()
+        channel = unique("interrupted")
+        await backend.bus.subscribe(channel, Collector())
+        calls = []
+        backend.on_interrupted(lambda: calls.append(backend.listening))
+
+        await backend.command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_until(lambda: calls, what="interrupted listener called")
+        self.assertEqual(calls, [False])
+        await wait_for_bus(backend, channel)
+        self.assertEqual(calls, [False])
+
+        await backend.stop()
+        self.assertEqual(calls, [False])
+
     async def test_commands_fail_at_once_while_redis_is_down(self):
         """
         With Redis stopped, every bus and directory operation fails with

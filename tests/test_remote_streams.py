@@ -384,6 +384,35 @@ class EndingTests(RemoteStreamTestCase):
         [served] = self.connection.accepted
         self.assertEqual(served.resets, ["idle"])
 
+    def test_lost_bus_messages_on_the_visitors_instance_reset_both_ways(self):
+        """
+        When B's subscriber connection drops, frames to B may be lost (an
+        echo, an answer's next chunk): B resets its visitors' streams at once
+        rather than leave them waiting, and tells A, which resets the client's.
+        """
+        visitor = self.open(fin=False)
+        self.pump()
+        self.b.bus_interrupted()
+        self.pump()
+        [served] = self.connection.accepted
+        reason = "the bus lost messages to this proxy instance"
+        self.assertEqual(visitor.resets, [reason])
+        self.assertEqual(served.resets, [reason])
+
+    def test_lost_bus_messages_on_the_tunnels_instance_reset_both_ways(self):
+        """
+        When A's subscriber connection drops, frames from B's visitors may be
+        lost: A resets the relayed streams toward the client and the visitor.
+        """
+        visitor = self.open(fin=False)
+        self.pump()
+        self.a.bus_interrupted()
+        self.pump()
+        [served] = self.connection.accepted
+        reason = "the bus lost messages to this proxy instance"
+        self.assertEqual(served.resets, [reason])
+        self.assertEqual(visitor.resets, [reason])
+
     def test_idle_relay_is_reset_both_ways(self):
         """A relayed stream with no traffic for the idle timeout is reset toward the client and the visitor."""
         visitor = self.open(fin=False)

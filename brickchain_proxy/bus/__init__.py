@@ -31,6 +31,9 @@ class MemoryBackend:
     def on_reconnect(self, listener):
         pass
 
+    def on_interrupted(self, listener):
+        pass  # nothing is ever lost in memory
+
     def rate_limiter(self, local_limiter):
         return local_limiter
 
@@ -67,7 +70,8 @@ def open_backend(url, reactor, directory_ttl=60, ca_cert=None):
     """
     Build (without connecting) the backend a C{--bus} URL names.  It has
     C{bus}, C{directory}, C{start()}, C{stop()}, C{on_reconnect(listener)},
-    C{rate_limiter(local_limiter)} and C{replay_guard()}.
+    C{on_interrupted(listener)}, C{rate_limiter(local_limiter)} and
+    C{replay_guard()}.
 
     @param ca_cert: for C{rediss://}, a PEM file of the CA certificate(s)
         the server is verified with (default: the system's trust store).

@@ -128,6 +128,12 @@ class IBackend(Interface):
         (what it held may be lost).
         """
 
+    def on_interrupted(listener):
+        """
+        Call C{listener()} whenever messages published to this instance may
+        have been lost: the connection that receives them dropped.
+        """
+
     def rate_limiter(local_limiter):
         """
         The L{brickchain_proxy.ratelimit.IRateLimiter} to use: shared

@@ -8,7 +8,11 @@ directory, the rate limiter) and one subscriber connection multiplexing
 every channel this process listens on.  Both reconnect with backoff; the
 subscriber re-subscribes every channel after a reconnect, and the backend
 tells its listeners (the hub re-claims its tunnels, Redis may have lost
-them).
+them).  Pub/sub delivers at most once: when the subscriber connection
+drops, messages published to this process meanwhile (or still in its
+socket) are gone, and the backend tells its C{on_interrupted} listeners at
+once (the hub resets its streams across instances, which would otherwise
+wait for a frame that will never come).
 
 While Redis is unreachable nothing waits for it: commands fail at once with
 L{BusUnavailable}, so the proxy keeps serving the tunnels it holds and
@@ -161,6 +165,7 @@ class RedisBackend:
         self._commands = None  # the command connection's protocol, when ready
         self._handlers = {}  # channel bytes -> [handler]
         self._reconnect_listeners = []
+        self._interrupted_listeners = []
         self._was_connected = False
         self.bus = RedisBus(self)
         self.directory = RedisDirectory(self, directory_ttl)
@@ -258,6 +263,14 @@ class RedisBackend:
         """
         self._reconnect_listeners.append(listener)
 
+    def on_interrupted(self, listener):
+        """
+        Call C{listener()} whenever the subscriber connection drops (but
+        not when L{stop} closes it): messages published to this process
+        may have been lost.
+        """
+        self._interrupted_listeners.append(listener)
+
     @property
     def listening(self):
         """
@@ -317,11 +330,14 @@ class RedisBackend:
         return protocol
 
     def _tell_reconnect_listeners(self):
-        for listener in list(self._reconnect_listeners):
+        self._tell(self._reconnect_listeners, "reconnect")
+
+    def _tell(self, listeners, what):
+        for listener in list(listeners):
             try:
                 listener()
             except Exception:
-                self._log.failure("Redis reconnect listener failed")
+                self._log.failure("Redis {what} listener failed", what=what)
 
     def _commands_lost(self, protocol):
         if self._commands is protocol:
@@ -379,6 +395,11 @@ class RedisBackend:
         if self._subscriber is protocol:
             self._subscriber = None
             self._listening = False
+            if self._subscriber_factory is not None:  # not stopping
+                self._log.warn("lost the subscriber connection to Redis at {redis}; "
+                               "messages to this instance may have been lost",
+                               redis=self._url_for_logs)
+                self._tell(self._interrupted_listeners, "interrupted")
 
     def _message(self, channel, message):
         for handler in tuple(self._handlers.get(channel, ())):

@@ -141,6 +141,17 @@ class TunnelHub:
         d.addCallback(lambda _: self._bus.unsubscribe(plain, self._bus_received))
         return d
 
+    def bus_interrupted(self):
+        """
+        The bus may have lost messages to this instance (Redis dropped our
+        subscriber connection): reset every stream that crosses instances,
+        here and toward the other instances, as a lost frame must never go
+        unnoticed (L{remote_streams}).
+        """
+        reason = "the bus lost messages to this proxy instance"
+        self.relayed_streams.clear(reason)
+        self.remote_tunnels.clear(reason)
+
     def holder(self, connection):
         """
         What the directory records for a tunnel C{connection} carries here.

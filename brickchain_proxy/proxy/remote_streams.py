@@ -90,6 +90,18 @@ class RemoteTunnel:
         if not self.streams.closed:
             self.streams.connection_lost(reason)
 
+    def reset(self, reason):
+        """
+        Reset every stream, here and (if the bus carries it) on the
+        instance holding the tunnel, which then forgets its relays at once.
+        """
+        for stream_id in list(self.streams.streams):
+            d = self._tunnels.publish(self.instance, envelope.TunnelFrame(
+                self.client_id, self._tunnels.instance_id,
+                frames.encode(RESET, 0, stream_id, reason.encode("utf-8")[:500])))
+            d.addErrback(lambda f: None)
+        self.lost(reason)
+
 
 class RemoteTunnels:
     """
@@ -181,7 +193,8 @@ class RemoteTunnels:
 
     def clear(self, reason):
         """
-        Reset every stream (the proxy is stopping).
+        Reset every stream, here and toward the instances holding their
+        tunnels (the proxy is stopping, or the bus lost frames).
         """
         for tunnel in set(self._streams.values()):
-            tunnel.lost(reason)
+            tunnel.reset(reason)

@@ -90,6 +90,8 @@ class ProxyService(service.MultiService):
         #: remembers the mandate tokens used, on every instance of the bus
         self.replay_guard = self.backend.replay_guard()
         self._max_token_lifetime = max_token_lifetime
+        # Frames to this instance may be lost with its subscriber connection.
+        self.backend.on_interrupted(self.hub.bus_interrupted)
         self.authorized_keys = (
             AuthorizedKeys(authorized_keys) if authorized_keys else None
         )

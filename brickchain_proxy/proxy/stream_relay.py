@@ -254,12 +254,12 @@ class StreamRelays:
             for relayed in [r for r in self._relays.values() if r.origin == origin]:
                 self._end(relayed, "the visitor's proxy instance is gone")
 
-    def clear(self):
+    def clear(self, reason="the proxy is stopping"):
         """
-        Forget every relay (the proxy is stopping; the tunnels' connections
-        go with it).
+        Reset every relay both ways, with C{reason} (the proxy is stopping,
+        or the bus lost frames).
         """
         for relayed in list(self._relays.values()):
-            self._end(relayed, "the proxy is stopping")
+            self._end(relayed, reason)
             self._reset_visitor(relayed.origin, relayed.client_id, relayed.remote_id,
-                                "the proxy is stopping")
+                                reason)
