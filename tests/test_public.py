@@ -244,6 +244,14 @@ class BodyLimitTests(_PublicTestCase):
                              "1000 bytes\n")
         self.assertEqual(self.tunnel.sent, [])
 
+    def test_body_over_max_body_for_an_offline_tunnel_gets_502(self):
+        """For a tunnel nobody holds, a body over max_body gets the 502 that says so, not a 413 a visitor would not retry."""
+        visitor = self.visit(b"POST", b"/upload", client_id="n" * 52,
+                             body=b"x" * (MAX_BODY + 1))
+
+        self.assertPlainText(visitor.answer(), 502,
+                             "tunnel {} is not connected\n".format("n" * 52))
+
     def test_chunked_body_growing_over_max_body_gets_413(self):
         """A chunked body that only grows past max_body on the way gets 413 too."""
         visitor = MemoryVisitor(self.site)

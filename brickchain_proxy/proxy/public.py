@@ -159,12 +159,6 @@ class PublicTunnel:
             if request.channel is not None:
                 request.channel.persistent = False
             return plain(request, 503, "the proxy is shutting down; retry\n")
-        if request.body_too_large:
-            return plain(
-                request, 413,
-                "request body is larger than the proxy's limit of {} bytes\n"
-                .format(self._max_body),
-            )
         # A tunnel nobody holds costs nothing: no rate-limit bucket (nor,
         # on Redis, a key) for names a stranger makes up.
         known = self._hub.tunnel_known(client_id)
@@ -182,6 +176,13 @@ class PublicTunnel:
                 if request.channel is not None:
                     request.channel.persistent = False
             finish_plain(request, 502, "tunnel {} is not connected\n".format(client_id))
+            return
+        if request.body_too_large:
+            # After the lookup: a visitor whose tunnel is offline learns
+            # that, not that a retry with the same body is hopeless.
+            finish_plain(request, 413,
+                         "request body is larger than the proxy's limit of {} bytes\n"
+                         .format(self._max_body))
             return
         decided = self._limiter.check(client_id)
         decided.addCallback(self._after_limit, request, client_id, raw_path)
