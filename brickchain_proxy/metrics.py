@@ -468,3 +468,19 @@ def metrics_site(registry):
     root = _Root()
     root.putChild(b"metrics", MetricsResource(registry))
     return _QuietSite(root)
+
+
+def metrics_listener(reactor, description, metrics):
+    """
+    The L{Listener} serving the registry of C{metrics} at C{GET /metrics}
+    on the server endpoint C{description} (its own endpoint, never a
+    public one), or L{None} when there is no C{description}.
+    """
+    if description is None:
+        return None
+    from twisted.internet import endpoints
+
+    from .listener import Listener
+
+    return Listener(endpoints.serverFromString(reactor, description),
+                    metrics_site(metrics.registry), description)

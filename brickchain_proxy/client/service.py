@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import attr
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.resource import IResource
@@ -27,9 +27,8 @@ from zope.interface import implementer
 from .. import features as _features
 from ..endpoints import client_endpoint
 from ..identity import ClientKey
-from ..listener import Listener
 from ..mandate_tokens import WRONG_ENDPOINT
-from ..metrics import NO_CLIENT_METRICS, ClientMetrics, metrics_site
+from ..metrics import NO_CLIENT_METRICS, ClientMetrics, metrics_listener
 from ..tls import ClientTLSPolicy
 from .forward import LocalForwarder
 from .inprocess import InProcessEndpoint
@@ -283,11 +282,8 @@ class TunnelClientService(service.MultiService):
             connected=lambda: 0 if self.protocol is None else 1,
             websockets=self._open_websockets,
         )
-        self.metrics_listener = None
-        if metrics is not None:
-            self.metrics_listener = Listener(
-                endpoints.serverFromString(reactor, metrics),
-                metrics_site(self.metrics.registry), metrics)
+        self.metrics_listener = metrics_listener(reactor, metrics, self.metrics)
+        if self.metrics_listener is not None:
             self.metrics_listener.setServiceParent(self)
         self.registration = None
         self.public_url = None

@@ -9,13 +9,13 @@ deadline, send tunnel clients away with 1001, then exit).
 import signal
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..bus import open_backend
 from ..listener import Listener
 from ..mandate_tokens import DEFAULT_MAX_TTL, TokenVerifier
-from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_site
+from ..metrics import NO_PROXY_METRICS, ProxyMetrics, metrics_listener
 from ..ratelimit import TokenBucketLimiter
 from ..wsutil import WebSocketEndpointResource
 from .authorized import AuthorizedKeys
@@ -143,13 +143,9 @@ class ProxyService(service.MultiService):
             server = Listener(endpoint, self.site, description)
             server.setServiceParent(self)
             self.ports.append(server)
-        self.metrics_listener = None
-        if metrics is not None:
-            # Its own endpoint, never the public one; it keeps serving
-            # through a graceful stop, until the very end.
-            self.metrics_listener = Listener(
-                endpoints.serverFromString(reactor, metrics),
-                metrics_site(self.metrics.registry), metrics)
+        # It keeps serving through a graceful stop, until the very end.
+        self.metrics_listener = metrics_listener(reactor, metrics, self.metrics)
+        if self.metrics_listener is not None:
             self.metrics_listener.setServiceParent(self)
         ttl = self.backend.directory.ttl
         housekeeping = internet.TimerService(
