@@ -44,9 +44,10 @@ class SentinelFailoverTests(_RedisCluster, TestCase):
         Through B to a client on A, before and after the master is killed:
         the sentinels promote the replica, both proxies reconnect to it by
         themselves and re-claim their tunnels, and the request through B is
-        answered again.
+        answered again.  (A request caught by the failover ends at the
+        request timeout at worst: 5 s here.)
         """
-        a, b = await self.two_instances()
+        a, b = await self.two_instances(request_timeout=5.0)
         _, client_id = await self.tunnel_on(a)
         old_master = self.redis.master.port
         self.assertEqual(self.redis.master_port(), old_master)
@@ -72,7 +73,7 @@ class SentinelFailoverTests(_RedisCluster, TestCase):
         replica: the proxies notice the move from the sentinels (their
         watch), reconnect to the new master, and traffic through B resumes.
         """
-        a, b = await self.two_instances()
+        a, b = await self.two_instances(request_timeout=5.0)
         _, client_id = await self.tunnel_on(a)
         await self.get_ok(b.tunnel_url(client_id, "/echo?before"))
 

@@ -524,3 +524,25 @@ class LateAcceptTests(HubTestCase):
         refused = encode(WSResponse(id="late-two", ok=False, error="no"))
         hub.reply(connection, decode(refused), refused)
         self.assertEqual(len(connection.sent), 1)
+
+
+class OwedResetTests(RemoteStreamTestCase):
+
+    def test_a_reset_the_bus_could_not_take_is_sent_once_it_is_back(self):
+        """A's frame to B's visitor cannot be published: the relay ends toward the client at once, and the visitor's reset goes out when the bus is back, so the visitor does not wait for a timeout."""
+        visitor = self.open(fin=False)
+        self.pump()
+        [served] = self.connection.accepted
+        publish = self.bus.publish
+        self.bus.publish = lambda channel, payload: fail(BusUnavailable("down"))
+        served.stream.send_head({"status": 200, "headers": {}})
+        self.pump()
+        self.assertEqual(served.resets, ["the bus is unavailable"])
+        self.assertEqual(visitor.resets, [])
+        self.bus.publish = publish
+        self.a.relayed_streams.pay_resets()
+        self.pump()
+        self.assertEqual(visitor.resets, ["the bus is unavailable"])
+        self.a.relayed_streams.pay_resets()  # paid once
+        self.pump()
+        self.assertEqual(visitor.resets, ["the bus is unavailable"])

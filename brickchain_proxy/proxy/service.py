@@ -87,6 +87,7 @@ class ProxyService(service.MultiService):
         self.limiter = self.backend.rate_limiter(self.local_limiter)
         # After a Redis restart, claim our tunnels again at once.
         self.backend.on_reconnect(self.hub.renew_all)
+        self.backend.on_reconnect(self.hub.relayed_streams.pay_resets)
         #: remembers the mandate tokens used, on every instance of the bus
         self.replay_guard = self.backend.replay_guard()
         self._max_token_lifetime = max_token_lifetime

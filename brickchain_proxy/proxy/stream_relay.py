@@ -11,6 +11,8 @@ a frame cannot be delivered to the visitor's instance, or nothing crossed
 it for the idle timeout.
 """
 
+from collections import deque
+
 from twisted.logger import Logger
 
 from ..bus import envelope
@@ -91,6 +93,10 @@ class StreamRelays:
         self._clock = clock
         self.idle_timeout = idle_timeout
         self._relays = {}
+        # Resets for visitors' instances that the bus could not take: sent
+        # once it is back (bounded: the oldest are dropped, their visitors
+        # end at their own timeouts).
+        self._owed = deque(maxlen=10000)
 
     def __len__(self):
         return len(self._relays)
@@ -177,8 +183,12 @@ class StreamRelays:
     def _undelivered(self, failure, relayed):
         if not failure.check(BusUnavailable):
             self._log.failure("publishing a stream frame failed", failure)
-        # The frame is lost: the stream cannot go on.
-        self._end(relayed, "the bus is unavailable")
+        # The frame is lost: the stream cannot go on, on either side.
+        if self._forget(relayed) and not relayed.session.closed:
+            relayed.session.send_frame(
+                frames.encode(RESET, 0, relayed.id, b"the bus is unavailable"))
+        self._reset_visitor(relayed.origin, relayed.client_id, relayed.remote_id,
+                            "the bus is unavailable")
 
     def tunnel_lost(self, relayed, reason):
         """
@@ -234,10 +244,24 @@ class StreamRelays:
         return True
 
     def _reset_visitor(self, origin, client_id, remote_id, reason):
-        d = self._hub.publish(origin, envelope.VisitorFrame(
+        reset = envelope.VisitorFrame(
             client_id, self._hub.instance_id,
-            frames.encode(RESET, 0, remote_id, reason.encode("utf-8")[:500])))
-        d.addErrback(lambda f: None)
+            frames.encode(RESET, 0, remote_id, reason.encode("utf-8")[:500]))
+        d = self._hub.publish(origin, reset)
+        d.addErrback(self._owe, origin, reset)
+
+    def _owe(self, failure, origin, reset):
+        if failure.check(BusUnavailable):
+            self._owed.append((origin, reset))
+
+    def pay_resets(self):
+        """
+        The bus is back: send the visitors' instances the resets it could
+        not take, so their visitors do not wait for a timeout.
+        """
+        owed, self._owed = self._owed, deque(maxlen=self._owed.maxlen)
+        for origin, reset in owed:
+            self._hub.publish(origin, reset).addErrback(lambda f: None)
 
     def probe(self, probe):
         """
