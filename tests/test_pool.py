@@ -84,6 +84,15 @@ class HubPoolTests(HubTestCase):
         # The tunnel is still here as far as the directory knows.
         self.assertEqual(self.successResultOf(self.directory.lookup(CLIENT)), "a")
 
+    def test_stopping_fails_what_waits_on_every_member(self):
+        """Stopping the hub fails the requests waiting on every member, not only the one in C{local}."""
+        waiting = [self.hub.request(CLIENT, *http_request()) for _ in range(2)]
+        self.successResultOf(self.hub.stop())
+        for d in waiting:
+            self.failureResultOf(d, TunnelGone)
+        self.assertEqual((self.hub.local, self.hub.pools), ({}, {}))
+        self.hubs.remove(self.hub)
+
     def test_last_member_leaving_releases_the_tunnel(self):
         self.hub.connection_lost(self.first)
         self.hub.connection_lost(self.second)

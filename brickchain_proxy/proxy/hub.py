@@ -134,7 +134,10 @@ class TunnelHub:
         self.relays.clear()
         self.relayed_streams.clear()
         self.remote_tunnels.clear("the proxy is stopping")
-        for connection in set(self.local.values()):
+        connections = set(self.local.values())
+        for members in self.pools.values():
+            connections.update(members)
+        for connection in connections:
             self.connection_lost(connection)
         plain, streams = self._channels
         d = self._bus.unsubscribe(streams, self._bus_received)
