@@ -10,11 +10,11 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 
 from twisted.trial import unittest
+
+from tests.support_bench import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "bench", "run")
@@ -37,25 +37,10 @@ class BenchSmokeTests(unittest.TestCase):
         out_dir = tempfile.mkdtemp(prefix="bench-smoke.")
         self.addCleanup(shutil.rmtree, out_dir, True)
         json_path = os.path.join(out_dir, "results.json")
-        proc = subprocess.Popen(
-            [RUN, "--quick", "--no-install", "--json", json_path],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL)
-        try:
-            stdout, stderr = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # SIGTERM lets bench/run's trap stop everything it started.
-            proc.send_signal(signal.SIGTERM)
-            try:
-                stdout, stderr = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                stdout, stderr = proc.communicate()
-            self.fail("bench/run --quick took more than %d s:\n%s" % (
-                TIMEOUT, stderr.decode("utf-8", "replace")[-3000:]))
-        table = stdout.decode("utf-8", "replace")
-        detail = "%s\n--- stderr:\n%s" % (table, stderr.decode("utf-8", "replace")[-3000:])
-        self.assertEqual(proc.returncode, 0, detail)
+        returncode, table, detail = run_script(
+            self, [RUN, "--quick", "--no-install", "--json", json_path], TIMEOUT,
+            "bench/run --quick")
+        self.assertEqual(returncode, 0, detail)
 
         expected_rows = [
             ("GET 1 KB ka", 1), ("GET 1 KB ka", 16), ("GET 1 KB ka", 64),

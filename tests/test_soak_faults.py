@@ -12,12 +12,12 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 
 from twisted.trial import unittest
+
+from tests.support_bench import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOAK = os.path.join(ROOT, "bench", "soak_faults.py")
@@ -33,25 +33,10 @@ class SoakWithFaultsTests(unittest.TestCase):
         out_dir = tempfile.mkdtemp(prefix="soak-faults-test.")
         self.addCleanup(shutil.rmtree, out_dir, True)
         json_path = os.path.join(out_dir, "soak.json")
-        proc = subprocess.Popen(
-            [sys.executable, SOAK, "--quick", "--json", json_path],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL)
-        try:
-            stdout, stderr = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # SIGTERM lets the script stop every process it started.
-            proc.send_signal(signal.SIGTERM)
-            try:
-                stdout, stderr = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                stdout, stderr = proc.communicate()
-            self.fail("bench/soak_faults.py --quick took more than %d s:\n%s" % (
-                TIMEOUT, stderr.decode("utf-8", "replace")[-3000:]))
-        report = stdout.decode("utf-8", "replace")
-        detail = "%s\n--- stderr:\n%s" % (report, stderr.decode("utf-8", "replace")[-3000:])
-        self.assertEqual(proc.returncode, 0, detail)
+        returncode, report, detail = run_script(
+            self, [sys.executable, SOAK, "--quick", "--json", json_path], TIMEOUT,
+            "bench/soak_faults.py --quick")
+        self.assertEqual(returncode, 0, detail)
 
         totals = re.search(r"^answers total (\d+): ok (\d+), wrong (\d+), hung (\d+), "
                            r"errors (\d+)$", report, re.M)
