@@ -61,14 +61,21 @@ def run_wrk(url, conns, duration, script=None, timeout_s=10):
     return result
 
 
-def run_ab(url, conns, duration, tmp, post_file=None):
-    csv = os.path.join(tmp, "ab-percentiles.csv")
+def ab_argv(url, conns, duration, csv=None, post_file=None):
     # -t first: it sets -n to 50000, which the -n after it raises again.
     argv = ["ab", "-q", "-r", "-s", "30", "-c", str(conns), "-t", str(duration),
-            "-n", str(duration * 100000), "-e", csv]
+            "-n", str(duration * 100000)]
+    if csv:
+        argv += ["-e", csv]
     if post_file:
         argv += ["-p", post_file, "-T", "application/octet-stream"]
     argv.append(url)
+    return argv
+
+
+def run_ab(url, conns, duration, tmp, post_file=None):
+    csv = os.path.join(tmp, "ab-percentiles.csv")
+    argv = ab_argv(url, conns, duration, csv, post_file)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     text = out.stdout + out.stderr
     result = {"tool": "ab", "requests": 0, "rps": 0.0, "p50_ms": None,
@@ -103,10 +110,14 @@ def run_ab(url, conns, duration, tmp, post_file=None):
     return result
 
 
-def run_wsbench(url, conns, duration, warmup):
-    argv = [PYTHON, os.path.join(HERE, "wsbench.py"), "--url", url,
+def wsbench_argv(url, conns, duration, warmup=0.0):
+    return [PYTHON, os.path.join(HERE, "wsbench.py"), "--url", url,
             "--connections", str(conns), "--duration", str(duration),
             "--size", str(WS_MESSAGE), "--warmup", str(warmup)]
+
+
+def run_wsbench(url, conns, duration, warmup):
+    argv = wsbench_argv(url, conns, duration, warmup)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 60)
     try:
         data = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,70 +1,95 @@
 """
-bench/run --profile: py-spy records the proxy and the client under GET 1 KB
-c=16 keep-alive through the tunnel; the speedscope files are summarised the
-way C{py-spy top} shows them (by own time, and by total time without the
-reactor's plumbing).
+bench/run --profile: py-spy records the proxy and the client under each row
+of the reference table (bench/README.md) through the tunnel, one row after
+the other; the speedscope files are summarised the way C{py-spy top} shows
+them (by own time, and by total time without the reactor's plumbing).
 """
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
 
 from findings import log
-from load import wrk_argv
+from load import ab_argv, wrk_argv, wsbench_argv
 from processes import ROOT, VENV_BIN
 from procfs import NOISE_PERCENT
 
 
+def profiled_rows(bed, seconds):
+    """
+    C{(slug, row, argv)} for each row of the reference table: the load
+    generator's command line, through the tunnel, for C{seconds} plus
+    the start-up margin the recorder needs.
+    """
+    base = bed.tunnel_base
+    run = seconds + 3
+    post_file, post_lua = bed.content.post_file, bed.content.post_lua
+    return [
+        ("get1k-c1", "GET 1 KB c=1", wrk_argv(base + "/1k.bin", 1, run)),
+        ("get1k-c16", "GET 1 KB c=16", wrk_argv(base + "/1k.bin", 16, run)),
+        ("get1k-c64", "GET 1 KB c=64", wrk_argv(base + "/1k.bin", 64, run)),
+        ("get100k-c16", "GET 100 KB c=16", wrk_argv(base + "/100k.bin", 16, run)),
+        ("post100k-c16", "POST 100 KB c=16", wrk_argv(base + "/upload", 16, run, post_lua)),
+        ("get1k-c16-close", "GET 1 KB c=16 no keep-alive",
+         ab_argv(base + "/1k.bin", 16, run)),
+        ("ws-1", "WS echo 100 B, 1 connection", wsbench_argv(bed.ws_urls["tunnel"], 1, run)),
+        ("ws-16", "WS echo 100 B, 16 connections",
+         wsbench_argv(bed.ws_urls["tunnel"], 16, run)),
+    ]
+
+
 def profile(bed, findings, args):
     """
-    Record once; with --retry-noisy N, again (up to N times) while other
-    processes used more than NOISE_PERCENT of a core.  The last attempt is
-    kept in C{findings.results["profile"]}.
+    Record each row; with --retry-noisy N, a row again (up to N times) while
+    other processes used more than NOISE_PERCENT of a core.  The rows go to
+    C{findings.results["profile"]}.
     """
-    for attempt in range(args.retry_noisy + 1):
-        record(bed, findings, os.path.abspath(args.profile), args.profile_seconds)
-        noise = findings.results.get("profile", {}).get("others_percent") or 0
-        if noise <= NOISE_PERCENT or attempt == args.retry_noisy:
-            break
-        log("other processes used %.0f%% of a core during the profile: again" % noise)
-
-
-def record(bed, findings, directory, seconds):
-    os.makedirs(directory, exist_ok=True)
     pyspy = os.path.join(VENV_BIN, "py-spy")
     if not os.path.exists(pyspy):
         pyspy = shutil.which("py-spy")
     if not pyspy:
         findings.fail("--profile: py-spy is not installed")
         return
+    directory = os.path.abspath(args.profile)
+    os.makedirs(directory, exist_ok=True)
+    seconds = args.profile_seconds
+    rows = []
+    for slug, row, argv in profiled_rows(bed, seconds):
+        for attempt in range(args.retry_noisy + 1):
+            result = record(bed, pyspy, os.path.join(directory, slug), row, argv, seconds)
+            noise = result.get("others_percent") or 0
+            if noise <= NOISE_PERCENT or attempt == args.retry_noisy:
+                break
+            log("other processes used %.0f%% of a core during the profile: again" % noise)
+        rows.append(result)
+    findings.results["profile"] = {"seconds": seconds, "rows": rows}
+
+
+def record(bed, pyspy, prefix, row, argv, seconds):
     procs = bed.procs
-    url = bed.tunnel_base + "/1k.bin"
-    log("profiling proxy and client for %d s under GET 1 KB c=16 keep-alive" % seconds)
-    wrk = procs.start("wrk-profile", wrk_argv(url, 16, seconds + 3), stdout=subprocess.PIPE)
+    log("profiling proxy and client for %d s under %s through the tunnel" % (seconds, row))
+    load = procs.start("load-profile", argv, stdout=subprocess.DEVNULL)
     time.sleep(1.0)
     meter = bed.meters()
     spies = {}
     for name, proc in (("proxy", bed.proxy), ("client", bed.client)):
-        out = os.path.join(directory, "%s.speedscope.json" % name)
+        out = "%s.%s.speedscope.json" % (prefix, name)
         spies[name] = (out, procs.start("py-spy-" + name, [
             pyspy, "record", "-p", str(proc.pid), "-d", str(seconds), "-r", "100",
             "--format", "speedscope", "-o", out]))
     for name, (out, spy) in spies.items():
         spy.wait(seconds + 60)
     cpu_all = meter.read()
-    cpu = cpu_all["percent"]
-    text = wrk.communicate(timeout=seconds + 60)[0].decode()
-    procs.stop(wrk)
-    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    result = {"seconds": seconds, "rps_during_profile": float(m.group(1)) if m else None,
-              "cpu_percent": cpu, "others_percent": cpu_all["others_percent"], "files": {}}
+    load.wait(seconds + 60)
+    procs.stop(load)
+    result = {"row": row, "seconds": seconds, "cpu_percent": cpu_all["percent"],
+              "others_percent": cpu_all["others_percent"], "files": {}}
     for name, (out, spy) in spies.items():
         result["files"][name] = out
         result[name] = summarize_speedscope(out, seconds)
-    findings.results["profile"] = result
+    return result
 
 
 def _short_file(filename):

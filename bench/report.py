@@ -201,27 +201,23 @@ def evaluate_targets(results):
     return out
 
 
-def print_profile(profile):
-    cpu = profile["cpu_percent"]
-    print("\nprofile under GET 1 KB c=16 keep-alive through the tunnel: py-spy record, %d s at "
-          "100 Hz; %.0f req/s while profiled; CPU %% of one core: proxy %s, client %s; "
-          "others %s%%" % (
-              profile["seconds"], profile["rps_during_profile"] or 0,
-              cpu.get("proxy"), cpu.get("client"), profile.get("others_percent")))
-    for name in ("proxy", "client"):
-        summary = profile.get(name, {})
-        if "error" in summary:
-            print("  %s: %s" % (name, summary["error"]))
-            continue
-        print("\n  %s main thread: busy in %s%% of the samples' wall time (%s s sampled); "
-              "speedscope file: %s" % (name, summary["busy_pct"], summary["sampled_seconds"],
-                                       profile["files"][name]))
-        if summary["other_threads_seconds"]:
-            print("  other threads (seconds sampled): %s" % summary["other_threads_seconds"])
-        print("    top %d by own time      own%%  total%%" % len(summary["by_own"]))
-        for e in summary["by_own"]:
-            print("      %-70s %5.1f  %5.1f" % (e["function"][:70], e["own_pct"], e["total_pct"]))
-        print("    top %d by total time (without reactor plumbing)  total%%  own%%"
-              % len(summary["by_total"]))
-        for e in summary["by_total"]:
-            print("      %-70s %5.1f  %5.1f" % (e["function"][:70], e["total_pct"], e["own_pct"]))
+def print_profile(profile, top=8):
+    print("\nprofiles through the tunnel: py-spy record, %d s per row at 100 Hz; the top %d "
+          "functions of each main thread by own time and by total time (without the reactor's "
+          "plumbing), %% of its busy samples" % (profile["seconds"], top))
+    for row in profile["rows"]:
+        cpu = row["cpu_percent"]
+        print("\n%s: CPU %% of one core: proxy %s, client %s; others %s%%" % (
+            row["row"], cpu.get("proxy"), cpu.get("client"), row.get("others_percent")))
+        for name in ("proxy", "client"):
+            summary = row.get(name, {})
+            if "error" in summary:
+                print("  %s: %s" % (name, summary["error"]))
+                continue
+            print("  %s: busy %s%% of the wall time; %s" % (
+                name, summary["busy_pct"], row["files"][name]))
+            print("    %-52s own%%  | %-52s tot%%" % ("by own time", "by total time"))
+            for mine, total in zip(summary["by_own"][:top], summary["by_total"][:top]):
+                print("    %-52s %5.1f | %-52s %5.1f" % (
+                    mine["function"][:52], mine["own_pct"],
+                    total["function"][:52], total["total_pct"]))
