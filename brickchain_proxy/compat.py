@@ -160,3 +160,30 @@ def use_tls_server_options(endpoint, creator):
         raise RuntimeError("twisted.internet.endpoints.SSL4ServerEndpoint has no "
                            "_sslContextFactory any more")
     endpoint._sslContextFactory = creator
+
+
+def flush_now(transport):
+    """
+    Send what C{transport} has buffered now, instead of at the reactor's
+    next turn.
+
+    A Twisted TCP transport only buffers on C{write}; the data goes out
+    when the reactor next polls the socket writable.  A hop that answers a
+    batch of reads (sixteen visitors' requests in one turn, say) so holds
+    all its writes until the whole batch is read, and the process at the
+    other end waits meanwhile: the two end up working in turn, not at
+    once.  Writing at once, as asyncio does, lets the next hop start on
+    the first while this one reads the rest.
+
+    Only a plain TCP transport, connected and not closing, is flushed:
+    closing is left to the reactor, which must see what C{doWrite} returns
+    then.  Anything else (TLS, an in-memory or test transport) keeps its
+    own timing.  C{doWrite} is public (C{IWriteDescriptor}); the check is
+    private: C{FileDescriptor._writeDisconnecting} (for a half-close), and
+    without it nothing is flushed.
+    """
+    do_write = getattr(transport, "doWrite", None)
+    if (do_write is not None and getattr(transport, "connected", False)
+            and not transport.disconnecting
+            and getattr(transport, "_writeDisconnecting", True) is False):
+        do_write()

@@ -213,3 +213,65 @@ class TLSServerOptionsTests(SynchronousTestCase):
         self.assertIs(compat.tls_server_options(endpoint), marker)
         endpoint.listen(Factory.forProtocol(Protocol))
         self.assertIs(memory.sslServers[0][2], marker)
+
+
+class FlushNowTests(TestCase):
+    """
+    C{flush_now} against a real TCP connection over loopback: the raw
+    socket at the other end is read without giving the reactor a turn.
+    """
+
+    def _connected(self):
+        from twisted.internet import reactor
+        import socket
+
+        made = defer.Deferred()
+
+        class Writer(Protocol):
+            def connectionMade(self):
+                made.callback(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Writer), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+
+        def ready(transport):
+            self.addCleanup(transport.abortConnection)
+            return transport, peer
+
+        return made.addCallback(ready)
+
+    @defer.inlineCallbacks
+    def test_written_data_is_on_the_socket_at_once(self):
+        """
+        Without C{flush_now}, what was written waits for the reactor; with
+        it, the peer can read it straight away.
+        """
+        transport, peer = yield self._connected()
+        transport.write(b"held")
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+        compat.flush_now(transport)
+        self.assertEqual(peer.recv(100), b"held")
+
+    @defer.inlineCallbacks
+    def test_a_closing_transport_is_left_to_the_reactor(self):
+        """
+        Once C{loseConnection} was called the reactor must see C{doWrite}'s
+        result to close: C{flush_now} does nothing.
+        """
+        transport, peer = yield self._connected()
+        transport.write(b"last")
+        transport.loseConnection()
+        compat.flush_now(transport)
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+
+    def test_a_transport_without_a_socket_is_left_alone(self):
+        """
+        A test or in-memory transport has no C{doWrite}: nothing happens.
+        """
+        transport = StringTransport()
+        transport.write(b"x")
+        compat.flush_now(transport)
+        self.assertEqual(transport.value(), b"x")

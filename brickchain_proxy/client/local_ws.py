@@ -23,6 +23,7 @@ from ..wsutil import SendBufferWatch, close_websocket, is_open
 from .rewrite import LocalRewrite
 from .streamed_ws import StreamedLocal, StreamHead
 from .urls import ESCAPES_PREFIX, PathEscapesPrefix, local_url
+from ..wsframes import ShortFrames
 
 #: Headers Autobahn writes into every opening handshake itself (RFC 6455
 #: 4.1: Host, Upgrade, Connection, Sec-WebSocket-Key/-Version/-Extensions,
@@ -77,7 +78,7 @@ def handshake_fields(wire):
 _HANDSHAKE_FIELDS = frozenset(["user-agent", "origin", "sec-websocket-protocol"])
 
 
-class LocalWebSocket(WebSocketClientProtocol):
+class LocalWebSocket(ShortFrames, WebSocketClientProtocol):
     """
     The websocket to the local service for one tunnelled stream.
     """

@@ -38,6 +38,7 @@ from ..streams.session import CONNECTION_LOST, StreamSession
 from ..tls import CertificateRefused, check_identity, tls_failure_reason
 from .local_ws import LocalWebSockets
 from .streamed import LocalStreamedRequest
+from ..wsframes import ShortFrames
 
 
 class RegistrationFailed(Exception):
@@ -46,7 +47,7 @@ class RegistrationFailed(Exception):
     """
 
 
-class TunnelClientProtocol(WebSocketClientProtocol):
+class TunnelClientProtocol(ShortFrames, WebSocketClientProtocol):
     """
     One connection to the proxy.
 

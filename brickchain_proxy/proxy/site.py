@@ -115,6 +115,13 @@ class BoundedRequest(server.Request):
             finish_plain(self, 500, "internal error in the proxy\n")
         return reason
 
+    def finish(self):
+        transport = self.transport
+        server.Request.finish(self)
+        # The whole answer is written: send it now, not after every other
+        # read of this reactor turn (see compat.flush_now).
+        compat.flush_now(transport)
+
     def connectionLost(self, reason):
         server.Request.connectionLost(self, reason)
         metering, self._metering = self._metering, None

@@ -45,6 +45,7 @@ from ..streams.frames import FrameError
 from ..streams.session import CONNECTION_LOST, StreamSession
 from .interfaces import ITunnelConnection
 from .pacing import FramePacer
+from ..wsframes import ShortFrames
 
 PING = encode(Ping())
 
@@ -56,7 +57,7 @@ TOO_MANY_REGISTRATIONS = "too many registration attempts on this connection"
 
 
 @implementer(ITunnelConnection)
-class TunnelServerProtocol(CleanClose, WebSocketServerProtocol):
+class TunnelServerProtocol(ShortFrames, CleanClose, WebSocketServerProtocol):
     """
     One client connection.  It may register several tunnels (v1 allows it);
     each lives as long as the connection.

@@ -48,6 +48,7 @@ from ..wsutil import (
 )
 from .interfaces import IStreamVisitor
 from .streamed_ws import StreamedVisitor
+from ..wsframes import ShortFrames
 
 #: Request headers that belong to this hop's websocket handshake only.
 _DROP_FROM_WS_REQUEST = frozenset(
@@ -58,7 +59,7 @@ _DROP_FROM_WS_REQUEST = frozenset(
 
 
 @implementer(IStreamVisitor)
-class VisitorProtocol(CleanClose, WebSocketServerProtocol):
+class VisitorProtocol(ShortFrames, CleanClose, WebSocketServerProtocol):
     """
     One visitor's websocket, tunnelled as stream C{stream_id}.
 
