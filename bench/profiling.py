@@ -25,7 +25,7 @@ def profiled_rows(bed, seconds):
     """
     base = bed.tunnel_base
     run = seconds + 3
-    post_file, post_lua = bed.content.post_file, bed.content.post_lua
+    post_lua = bed.content.post_lua
     return [
         ("get1k-c1", "GET 1 KB c=1", wrk_argv(base + "/1k.bin", 1, run)),
         ("get1k-c16", "GET 1 KB c=16", wrk_argv(base + "/1k.bin", 16, run)),
