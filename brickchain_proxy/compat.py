@@ -8,6 +8,7 @@ release that breaks one fails that test by name, instead of some protocol
 misbehaving somewhere else.  Where a shim has a safe fallback it says so.
 """
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.policies import ProtocolWrapper
 
 
@@ -175,15 +176,44 @@ def flush_now(transport):
     once.  Writing at once, as asyncio does, lets the next hop start on
     the first while this one reads the rest.
 
-    Only a plain TCP transport, connected and not closing, is flushed:
+    Only a TCP transport (or, under TLS, the TCP transport below, which
+    has the ciphertext TLS wrote), connected and not closing, is flushed:
     closing is left to the reactor, which must see what C{doWrite} returns
-    then.  Anything else (TLS, an in-memory or test transport) keeps its
-    own timing.  C{doWrite} is public (C{IWriteDescriptor}); the check is
+    then.  Anything else (an in-memory or test transport) keeps its own
+    timing.  C{doWrite} is public (C{IWriteDescriptor}); the check is
     private: C{FileDescriptor._writeDisconnecting} (for a half-close), and
     without it nothing is flushed.
     """
-    do_write = getattr(transport, "doWrite", None)
-    if (do_write is not None and getattr(transport, "connected", False)
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    if (isinstance(transport, FileDescriptor) and transport.connected
             and not transport.disconnecting
             and getattr(transport, "_writeDisconnecting", True) is False):
-        do_write()
+        transport.doWrite()
+
+
+def write_now(transport, data):
+    """
+    C{transport.write(data)}, but a plain TCP transport with nothing queued
+    sends at once what the socket takes (the rest is queued as usual).
+
+    The same reason as L{flush_now}, without the two C{epoll_ctl} calls
+    that a C{write} and then a flush cost: C{write} registers the socket
+    for writing and the flush takes it off again.  The checks are private:
+    C{FileDescriptor.dataBuffer}, C{offset} and C{_tempDataBuffer} (that
+    nothing is queued, so the order is kept) and C{_writeDisconnecting};
+    without them, C{write} as usual.  Only a C{FileDescriptor} itself: a
+    TLS transport (a C{ProtocolWrapper}) passes unknown attributes on to
+    the TCP transport below it, whose socket must only get ciphertext.
+    """
+    if (isinstance(transport, FileDescriptor)
+            and getattr(transport, "_tempDataBuffer", True) == []
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected and not transport.disconnecting
+            and getattr(transport, "_writeDisconnecting", True) is False):
+        sent = transport.writeSomeData(data)
+        if type(sent) is int and sent >= 0:  # else an error, which write finds again
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)

@@ -26,7 +26,7 @@ import struct
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 
-from .compat import flush_now
+from .compat import flush_now, write_now
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -180,7 +180,7 @@ class ShortFrames:
         stats.outgoingOctetsWireLevel += len(head) + n
         transport = self.transport
         if n <= _JOIN_LIMIT:
-            transport.write(head + payload)
+            write_now(transport, head + payload)
         else:
             transport.writeSequence((head, payload))
-        flush_now(transport)
+            flush_now(transport)

@@ -215,10 +215,10 @@ class TLSServerOptionsTests(SynchronousTestCase):
         self.assertIs(memory.sslServers[0][2], marker)
 
 
-class FlushNowTests(TestCase):
+class _Loopback:
     """
-    C{flush_now} against a real TCP connection over loopback: the raw
-    socket at the other end is read without giving the reactor a turn.
+    A real TCP connection over loopback: the raw socket at the other end is
+    read without giving the reactor a turn.
     """
 
     def _connected(self):
@@ -242,6 +242,12 @@ class FlushNowTests(TestCase):
             return transport, peer
 
         return made.addCallback(ready)
+
+
+class FlushNowTests(_Loopback, TestCase):
+    """
+    C{flush_now} sends what waits at once, but leaves closing to the reactor.
+    """
 
     @defer.inlineCallbacks
     def test_written_data_is_on_the_socket_at_once(self):
@@ -274,4 +280,35 @@ class FlushNowTests(TestCase):
         transport = StringTransport()
         transport.write(b"x")
         compat.flush_now(transport)
+        self.assertEqual(transport.value(), b"x")
+
+
+class WriteNowTests(_Loopback, TestCase):
+    """
+    C{write_now}: sent at once when nothing is queued, queued behind what
+    is, and a closing transport is written to as usual.
+    """
+
+    @defer.inlineCallbacks
+    def test_sent_at_once(self):
+        transport, peer = yield self._connected()
+        compat.write_now(transport, b"now")
+        self.assertEqual(peer.recv(100), b"now")
+
+    @defer.inlineCallbacks
+    def test_queued_behind_what_waits(self):
+        """
+        What was written before goes first: both wait for the reactor, in
+        order.
+        """
+        transport, peer = yield self._connected()
+        transport.write(b"first ")
+        compat.write_now(transport, b"second")
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+        compat.flush_now(transport)
+        self.assertEqual(peer.recv(100), b"first second")
+
+    def test_a_transport_without_a_socket_is_written_to(self):
+        transport = StringTransport()
+        compat.write_now(transport, b"x")
         self.assertEqual(transport.value(), b"x")

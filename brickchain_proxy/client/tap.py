@@ -148,7 +148,10 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from ..gctuning import tune
     from .service import TunnelClientService
+
+    tune(reactor)
 
     log = None
     if config["inspect"] is not None:

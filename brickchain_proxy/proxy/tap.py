@@ -242,7 +242,10 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from ..gctuning import tune
     from .service import ProxyService
+
+    tune(reactor)
 
     return ProxyService(
         reactor,
