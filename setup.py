@@ -40,6 +40,9 @@ setup(
         # its escaping, content negotiation, histograms) right; we only
         # count into a per-service registry and serve it.
         "prometheus-client>=0.17.0",
+        # The streamed path's local HTTP/1.1 client parses answers with
+        # llhttp (node's parser) through httptools, as uvicorn does.
+        "httptools>=0.6.0",
     ],
     extras_require={
         # The compatibility tier runs real third-party software around the

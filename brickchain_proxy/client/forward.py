@@ -11,6 +11,7 @@ unanswered.
 from urllib.parse import urlsplit
 
 from twisted.internet import protocol
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,7 @@ from ..headers import headers_to_wire, wire_to_pairs
 from ..messages import HttpResponse
 from ..metrics import NO_CLIENT_METRICS
 from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
+from .http1 import LocalHTTP
 from .inspector import NO_RECORDER
 from .rewrite import LocalRewrite
 from .urls import ESCAPES_PREFIX, PathEscapesPrefix, local_url
@@ -64,6 +66,28 @@ class BytesProducer:
         pass
 
 
+class _Origin:
+    """
+    The parts of a URI that L{LocalEndpoints.endpointForURI} reads.
+    """
+
+    def __init__(self, scheme, host, port):
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+
+
+def host_value(scheme, host, port):
+    """
+    The Host header for an origin, as Agent computes it: no port when it is
+    the scheme's, an IPv6 address in brackets.
+    """
+    name = host.encode("idna") if not isIPv6Address(host) else b"[" + host.encode("ascii") + b"]"
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return name
+    return b"%s:%d" % (name, port)
+
+
 @implementer(IAgentEndpointFactory)
 class LocalEndpoints:
     """
@@ -93,6 +117,18 @@ class LocalEndpoints:
         if endpoint is None:
             endpoint = self._endpoints[key] = self._build(*key)
         return endpoint
+
+    def endpoint_for(self, scheme, host, port):
+        """
+        The endpoint for C{scheme} (C{"http"} or C{"https"}), C{host} and
+        C{port} (L{None}: the scheme's), as for a request to that origin.
+        """
+        if self._endpoint is not None:
+            return self._endpoint
+        scheme = scheme.encode("ascii")
+        if port is None:
+            port = 443 if scheme == b"https" else 80
+        return self.endpointForURI(_Origin(scheme, host.encode("idna"), port))
 
     def _build(self, scheme, host, port):
         name = host.decode("ascii")
@@ -220,8 +256,12 @@ class LocalForwarder:
         self.pool.cachedConnectionTimeout = 110
         #: how an https local service's certificate is verified
         self.tls = tls
-        self._agent = Agent.usingEndpointFactory(
-            reactor, LocalEndpoints(reactor, timeout, endpoint, tls), pool=self.pool)
+        endpoints = LocalEndpoints(reactor, timeout, endpoint, tls)
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
+        self._streamed_http = LocalHTTP(
+            reactor, self._origin.encode("ascii"),
+            endpoints.endpoint_for(parts.scheme, parts.hostname, parts.port),
+            host_value(parts.scheme, parts.hostname, parts.port), pool_size)
         #: the endpoint every local connection goes through, or L{None}
         self.endpoint = endpoint
         self._in_flight = set()
@@ -232,6 +272,14 @@ class LocalForwarder:
         The HTTP client for the local service (persistent connections).
         """
         return self._agent
+
+    def client_for(self, method):
+        """
+        The HTTP client for a streamed request with C{method}: L{LocalHTTP},
+        but for HEAD (whose answer has no body, which only Agent's parser
+        can be told).
+        """
+        return self._agent if method == b"HEAD" else self._streamed_http
 
     def url_for(self, message, features):
         """
@@ -373,6 +421,7 @@ class LocalForwarder:
         """
         for d in list(self._in_flight):
             d.cancel()
+        self._streamed_http.close()
         return self.pool.closeCachedConnections()
 
 

@@ -156,7 +156,8 @@ class LocalStreamedRequest:
                 length = None
             if not self._stream.received_fin:
                 self._body = _StreamedBody(self, length)
-            self._request = self._forwarder.agent.request(method, url, headers, self._body)
+            self._request = self._forwarder.client_for(method).request(
+                method, url, headers, self._body)
         except PathEscapesPrefix as e:
             self._forwarder.log_escape(head.get("method"), e.path)
             self._answer_error(400, ESCAPES_PREFIX)
@@ -215,7 +216,9 @@ class LocalStreamedRequest:
         if self._done:
             response.deliverBody(Protocol())
             return
-        listed = connection_header_names(response)
+        listed = getattr(response, "connection_tokens", None)
+        if listed is None:  # Agent's answer (to a HEAD)
+            listed = connection_header_names(response)
         head = {
             "status": response.code,
             "headers": headers_to_wire(response.headers, MULTI_HEADER in self._features,
