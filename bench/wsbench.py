@@ -4,9 +4,10 @@ waiting for its echo before sending the next (sequential per connection).
 Every echo is checked byte for byte against what was sent.
 
     python bench/wsbench.py --url ws://127.0.0.1:8080/ws --connections 16 \
-        --duration 5 [--size 100] [--warmup 0.5]
+        --duration 5 [--size 100] [--warmup 0.5] [--host NAME.localhost:8080]
 
-Prints one JSON object: round trips/s, p50/p99 in microseconds, errors.
+Prints one JSON object: round trips/s, p50/p99 in microseconds, the
+fewest and the most round trips on one connection, errors.
 Runs in its own process, so it does not share a CPU with what it measures.
 """
 
@@ -32,6 +33,8 @@ class Stats:
         self.opened = 0
         self.first_done = None
         self.last_done = None
+        #: connection index -> round trips measured on it
+        self.per_connection = {}
 
 
 class RoundTrips(asyncio.Protocol):
@@ -120,6 +123,7 @@ class RoundTrips(asyncio.Protocol):
             stats = self.stats
             if now >= stats.measure_from and self.sent_at >= stats.measure_from:
                 stats.latencies.append(now - self.sent_at)
+                stats.per_connection[self.index] = stats.per_connection.get(self.index, 0) + 1
                 stats.last_done = now
                 if stats.first_done is None:
                     stats.first_done = now
@@ -140,7 +144,7 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-async def run(url, connections, duration, size, warmup, timeout):
+async def run(url, connections, duration, size, warmup, timeout, host_header=None):
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or 80
     path = parts.path or "/"
@@ -157,7 +161,7 @@ async def run(url, connections, duration, size, warmup, timeout):
         try:
             transport, _ = await loop.create_connection(
                 lambda i=i, done=done: RoundTrips(
-                    i, parts.netloc, path, size, stats, done),
+                    i, host_header or parts.netloc, path, size, stats, done),
                 host, port)
             transports.append(transport)
         except OSError as e:
@@ -180,6 +184,11 @@ async def run(url, connections, duration, size, warmup, timeout):
         "size": size,
         "duration": duration,
         "round_trips": len(lat),
+        # The fewest and the most on one connection (a connection that never
+        # got through counts 0): a server that serves only some of them shows.
+        "per_connection_min": min([stats.per_connection.get(i, 0) for i in range(connections)]
+                                  or [0]),
+        "per_connection_max": max(stats.per_connection.values() or [0]),
         "rps": (len(lat) / elapsed) if elapsed else 0.0,
         "p50_us": percentile(lat, 50) * 1e6 if lat else None,
         "p99_us": percentile(lat, 99) * 1e6 if lat else None,
@@ -197,11 +206,13 @@ def main():
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=15.0,
                         help="extra seconds allowed past the run before giving up")
+    parser.add_argument("--host", default=None,
+                        help="the handshake's Host header (default: the URL's host:port)")
     args = parser.parse_args()
     if args.size < 20:
         parser.error("--size must be at least 20")
     result = asyncio.run(run(args.url, args.connections, args.duration, args.size,
-                             args.warmup, args.timeout))
+                             args.warmup, args.timeout, args.host))
     print(json.dumps(result))
     return 0 if result["errors"] == 0 and result["round_trips"] > 0 else 1
 
