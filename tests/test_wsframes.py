@@ -156,15 +156,17 @@ class ShortPathTests(SynchronousTestCase):
 
     def test_small_frames_take_the_short_path(self):
         """
-        Autobahn's frame machinery never sees a small whole message; a
-        64-bit length (over 64 KiB) goes to Autobahn.
+        Autobahn's frame machinery never sees a whole message of up to
+        256 KiB; a larger one goes to Autobahn, which streams it.
         """
         pair = _Pair(ShortServer, ShortClient)
         pair.client.sendMessage(b"a" * 1000, True)
         pair.server.sendMessage(b"b" * 1000, False)
         pair.pump()
-        self.assertEqual((pair.server.frames_begun, pair.client.frames_begun), (0, 0))
         pair.client.sendMessage(b"c" * 70000, True)
+        pair.pump()
+        self.assertEqual((pair.server.frames_begun, pair.client.frames_begun), (0, 0))
+        pair.client.sendMessage(b"d" * 300000, True)
         pair.pump()
         self.assertEqual(pair.server.frames_begun, 1)
 
