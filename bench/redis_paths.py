@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -314,6 +315,9 @@ def main(argv=None):
     if args.serve_local:
         serve_local(args.serve_local)
         return 0
+    # SIGTERM (bench/run's trap, a test's deadline), like Ctrl-C, stops
+    # everything started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         results = run(args)
     except SetupError as e:

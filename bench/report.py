@@ -7,14 +7,33 @@ and the profile summary of --profile.
 
 from procfs import NOISE_PERCENT
 
+#: Issue 12's targets.
 TARGETS = {
-    "get1k_c16_rps": 3000.0,        # req/s, GET 1 KB c=16 through one tunnel
-    "added_p50_c1_ms": 1.0,         # added median latency at c=1
-    "big_c16_rps": 800.0,           # GET/POST 100 KB c=16
-    "ws_1_rps": 1500.0,             # ws round trips/s, one connection
-    "ws_16_rps": 3000.0,            # ws round trips/s, 16 connections
-    "idle_tunnel_kib": 50.0,        # proxy memory per idle tunnel
+    "added_p50_c1_ms": 0.15,        # GET 1 KB c=1 keep-alive: added median latency
+    "p99_over_p50_c16": 2.5,        # GET 1 KB c=16 keep-alive: the tail
+    "idle_tunnel_kib": 20.0,        # proxy memory per idle tunnel
 }
+
+#: The reference run (issue 12, bench/README.md): one 2-core machine, one
+#: run, the same backends and load generators, 10 s per row.  Per row:
+#: (direct, ours then, localtunnel) in requests or round trips per second.
+#: Each row's target is localtunnel's ratio to direct there.
+REFERENCE = {
+    ("GET 1 KB", "keep-alive", 1): (16135, 1956, 5206),
+    ("GET 1 KB", "keep-alive", 16): (85542, 4156, 5191),
+    ("GET 1 KB", "keep-alive", 64): (88164, 3948, 5273),
+    ("GET 100 KB", "keep-alive", 16): (34286, 2486, 2322),
+    ("POST 100 KB", "keep-alive", 16): (34699, 2586, 2781),
+    ("GET 1 KB", "no keep-alive", 16): (28483, 3702, 4056),
+    ("WS echo 100 B", "round trips", 1): (11723, 2365, 5384),
+    ("WS echo 100 B", "round trips", 16): (44576, 7708, 19402),
+}
+
+
+def reference_ratio(test, mode, conns):
+    """localtunnel's ratio to direct in the reference run, or L{None}."""
+    row = REFERENCE.get((test, mode, conns))
+    return row[2] / row[0] if row else None
 
 
 def fmt_number(value, digits=2):
@@ -257,28 +276,26 @@ def evaluate_targets(results):
         out.append({"name": name, "measured": "%.2f%s" % (measured, unit),
                     "target": target, "met": bool(met)})
 
-    r = find("http", "GET 1 KB", "keep-alive", 16, "tunnel")
-    if r:
-        add("GET 1 KB c=16 ka req/s", r["rps"], ">= %g" % TARGETS["get1k_c16_rps"],
-            r["rps"] >= TARGETS["get1k_c16_rps"])
-    for mode in ("keep-alive", "no keep-alive"):
-        d = find("http", "GET 1 KB", mode, 1, "direct")
-        t = find("http", "GET 1 KB", mode, 1, "tunnel")
-        if d and t and d["p50_ms"] is not None and t["p50_ms"] is not None:
-            added = t["p50_ms"] - d["p50_ms"]
-            add("added p50 c=1 %s" % ("ka" if mode == "keep-alive" else "close"), added,
-                "<= %g ms" % TARGETS["added_p50_c1_ms"], added <= TARGETS["added_p50_c1_ms"], " ms")
-    for test in ("GET 100 KB", "POST 100 KB"):
-        for mode in ("keep-alive", "no keep-alive"):
-            r = find("http", test, mode, 16, "tunnel")
-            if r:
-                add("%s c=16 %s req/s" % (test, "ka" if mode == "keep-alive" else "close"),
-                    r["rps"], ">= %g" % TARGETS["big_c16_rps"], r["rps"] >= TARGETS["big_c16_rps"])
-    for conns, key in ((1, "ws_1_rps"), (16, "ws_16_rps")):
-        r = find("ws", "WS echo 100 B", "round trips", conns, "tunnel")
-        if r:
-            add("ws round trips/s, %d conn" % conns, r["rps"], ">= %g" % TARGETS[key],
-                r["rps"] >= TARGETS[key])
+    for (test, mode, conns) in REFERENCE:
+        kind = "ws" if mode == "round trips" else "http"
+        d = find(kind, test, mode, conns, "direct")
+        t = find(kind, test, mode, conns, "tunnel")
+        ratio = _ratio(d, t)
+        if ratio is not None:
+            target = reference_ratio(test, mode, conns)
+            add("%s c=%d ratio" % (_label(t), conns), ratio,
+                ">= %.3f (localtunnel, reference run)" % target, ratio >= target)
+    d = find("http", "GET 1 KB", "keep-alive", 1, "direct")
+    t = find("http", "GET 1 KB", "keep-alive", 1, "tunnel")
+    if d and t and d["p50_ms"] is not None and t["p50_ms"] is not None:
+        added = t["p50_ms"] - d["p50_ms"]
+        add("added p50 GET 1 KB ka c=1", added, "<= %g ms" % TARGETS["added_p50_c1_ms"],
+            added <= TARGETS["added_p50_c1_ms"], " ms")
+    t = find("http", "GET 1 KB", "keep-alive", 16, "tunnel")
+    if t and t["p50_ms"] and t["p99_ms"] is not None:
+        tail = t["p99_ms"] / t["p50_ms"]
+        add("p99/p50 GET 1 KB ka c=16", tail, "<= %g" % TARGETS["p99_over_p50_c16"],
+            tail <= TARGETS["p99_over_p50_c16"])
     lt_rows = [(_label(pair["direct"]), key[2], ours_vs_localtunnel(pair))
                for key, pair in _row_groups(results) if "localtunnel" in pair and "direct" in pair]
     vs = [v for v in lt_rows if v[2] is not None]

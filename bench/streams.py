@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -196,6 +197,9 @@ def main(argv=None):
     parser.add_argument("--cross-instance", action="store_true",
                         help="the visitor on instance B, the client on A (Redis)")
     args = parser.parse_args(argv)
+    # SIGTERM (bench/run's trap, a test's deadline), like Ctrl-C, stops
+    # everything started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.mkdtemp(prefix="bench-streams-")
     procs = Processes(tmp)
     try:

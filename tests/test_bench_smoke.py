@@ -54,7 +54,7 @@ class BenchSmokeTests(unittest.TestCase):
             self.assertTrue(re.search(pattern, table, re.M),
                             "no row %r c=%d with numbers:\n%s" % (name, conns, detail))
         for label in ("memory of the running pair", "idle tunnels (fresh proxy)",
-                      "soak through the tunnel", "target: GET 1 KB c=16 ka req/s",
+                      "soak through the tunnel", "target: GET 1 KB ka c=16 ratio",
                       "CORRECTNESS: OK"):
             self.assertIn(label, table)
 
