@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..compat import visitor_gone
+from ..compat import flush_now, visitor_gone
 from ..features import MULTI_HEADER, RAW_PATH
 from ..headers import add_forwarded_headers, headers_to_wire, wire_to_pairs
 from ..streams.session import CONNECTION_LOST, IStreamHandler, StreamError
@@ -245,6 +245,7 @@ class StreamedExchange:
             self._abort()
             return
         self.request.write(data)
+        flush_now(self.request.transport)
         if self._visitor_paused:
             self._uncredited += len(data)
         else:
