@@ -37,7 +37,8 @@ def measure_pair(bed, findings, retry_noisy, kind, labels, run):
     for attempt in range(1, retry_noisy + 2):
         rows = {}
         for target in measured:
-            restarted = target == "localtunnel" and localtunnel.ready(bed)
+            restarted = target == "localtunnel" and localtunnel.ready(
+                bed, fresh=kind == "ws")
             meter = bed.meters()
             row = run(target)
             row.update(labels, target=target, cpu=meter.read(row["requests"]))

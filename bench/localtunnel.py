@@ -174,19 +174,25 @@ def start(bed, timeout=30.0):
         port, SUBDOMAIN, bed.nginx_port, host))
 
 
-def ready(bed):
+def ready(bed, fresh=False):
     """
     Before a localtunnel run: restart the server and the client if a GET
-    1 KB through localtunnel does not return the exact body within 2 s.
+    1 KB through localtunnel does not return the exact body within 2 s,
+    or always when C{fresh} (the websocket rows: after the HTTP rows,
+    localtunnel may still answer GETs but never relay an echo, its tunnel
+    sockets taken by connections it did not release).
 
     @return: whether it was restarted.
     """
-    status, body, err = curl(bed.tmp, bed.bases["localtunnel"] + "/1k.bin",
-                             host=bed.hosts["localtunnel"], max_time=2)
-    if status == "200" and body == bed.content.files["/1k.bin"]:
-        return False
-    log("localtunnel stopped answering (GET 1 KB: status %s, %d bytes %s): restarting it"
-        % (status, len(body), err))
+    if fresh:
+        log("localtunnel: a fresh start for the websocket rows")
+    else:
+        status, body, err = curl(bed.tmp, bed.bases["localtunnel"] + "/1k.bin",
+                                 host=bed.hosts["localtunnel"], max_time=2)
+        if status == "200" and body == bed.content.files["/1k.bin"]:
+            return False
+        log("localtunnel stopped answering (GET 1 KB: status %s, %d bytes %s): restarting it"
+            % (status, len(body), err))
     for name in ("lt client", "lt server"):
         bed.procs.stop(bed.extra.pop(name))
     start(bed)
