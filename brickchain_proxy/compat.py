@@ -180,15 +180,18 @@ def flush_now(transport):
     has the ciphertext TLS wrote), connected and not closing, is flushed:
     closing is left to the reactor, which must see what C{doWrite} returns
     then.  Anything else (an in-memory or test transport) keeps its own
-    timing.  C{doWrite} is public (C{IWriteDescriptor}); the check is
-    private: C{FileDescriptor._writeDisconnecting} (for a half-close), and
-    without it nothing is flushed.
+    timing; so does one with nothing queued (no empty C{send}).
+    C{doWrite} is public (C{IWriteDescriptor}); the checks are private:
+    C{FileDescriptor._writeDisconnecting} (for a half-close), without which
+    nothing is flushed, and the queue (C{_tempDataBuffer}, C{dataBuffer},
+    C{offset}).
     """
     while isinstance(transport, ProtocolWrapper):
         transport = transport.transport
     if (isinstance(transport, FileDescriptor) and transport.connected
             and not transport.disconnecting
-            and getattr(transport, "_writeDisconnecting", True) is False):
+            and getattr(transport, "_writeDisconnecting", True) is False
+            and (transport._tempDataBuffer or transport.offset < len(transport.dataBuffer))):
         transport.doWrite()
 
 
