@@ -58,7 +58,9 @@ class SentinelFailoverTests(_RedisCluster, TestCase):
                     "the sentinels promote the replica")
 
         seen = await self.poll_until_ok(b.tunnel_url(client_id, "/echo?after"))
-        self.assertTrue(set(seen) <= {502, 503}, seen)
+        # 504: a request B published to the new master before A had
+        # subscribed there again (the docstring's request caught by it).
+        self.assertTrue(set(seen) <= {502, 503, 504}, seen)
         await self.get_ok(a.tunnel_url(client_id, "/echo?through-a"))
         # The directory on the new master names A again.
         self.assertEqual(await self.owner(b, client_id), a.instance_id)
