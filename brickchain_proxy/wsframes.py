@@ -32,7 +32,7 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 
 #: Payloads up to this size are masked with Python's big integers, which
 #: beats setting up Autobahn's C masker; larger ones use the C masker.
-_INT_MASK_LIMIT = 4096
+_INT_MASK_LIMIT = 1024
 
 #: A frame up to this size is waited for whole before it is read (so it
 #: takes the short path); a larger one is streamed by Autobahn as it

@@ -119,7 +119,7 @@ class MaskTests(SynchronousTestCase):
         masker, gives Autobahn's bytes; masking twice gives the payload.
         """
         key = b"\x01\x80\xfe\x37"
-        for size in (0, 1, 3, 4, 5, 100, 4095, 4096, 4097, 70000):
+        for size in (0, 1, 3, 4, 5, 100, 1023, 1024, 1025, 4097, 70000):
             payload = bytes((i * 7) & 0xFF for i in range(size))
             expected = create_xor_masker(key, size).process(payload) if size else b""
             self.assertEqual(masked(key, payload), expected, size)
