@@ -14,7 +14,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from brickchain_proxy.client.forward import LocalForwarder
+from brickchain_proxy.client.forward import BytesProducer, LocalForwarder
 from brickchain_proxy.client.http1 import LocalHTTP, request_head
 
 
@@ -67,8 +67,13 @@ class _Body(Protocol):
         self.ended.callback(None)
 
 
-class _Producer:
+class _Producer(BytesProducer):
+    """
+    A body in C{chunks}, each written on its own, of C{length}.
+    """
+
     def __init__(self, chunks, length=UNKNOWN_LENGTH):
+        BytesProducer.__init__(self, b"".join(chunks))
         self._chunks = chunks
         self.length = length
 
@@ -76,15 +81,6 @@ class _Producer:
         for chunk in self._chunks:
             consumer.write(chunk)
         return defer.succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
 
 
 class RequestHeadTests(SynchronousTestCase):
