@@ -8,7 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web._newclient import RequestGenerationFailed, ResponseNeverReceived
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -243,6 +243,17 @@ class LocalHTTPTests(TestCase):
         self.factory.answers = [None]
         d = self.http.request(b"POST", self.origin + b"/", None, _Producer([b"x"], 1))
         yield self.assertFailure(d, ResponseNeverReceived)
+
+    @defer.inlineCallbacks
+    def test_a_body_that_fails_at_once_fails_the_request(self):
+        class Failing(_Producer):
+            def startProducing(self, consumer):
+                raise RuntimeError("no body after all")
+
+        d = self.http.request(b"POST", self.origin + b"/", None, Failing([b"x"], 1))
+        failure = yield self.assertFailure(d, RequestGenerationFailed)
+        self.assertTrue(failure.reasons[0].check(RuntimeError))
+        self.flushLoggedErrors(RuntimeError)
 
     @defer.inlineCallbacks
     def test_cancelling_closes_the_connection(self):

@@ -28,7 +28,6 @@ import httptools
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     RequestGenerationFailed,
@@ -165,8 +164,6 @@ class LocalConnection(Protocol):
     One connection to the local service, one request at a time.
     """
 
-    _log = Logger()
-
     #: set by the pool: called with this connection when it may be reused
     release = None
 
@@ -194,7 +191,7 @@ class LocalConnection(Protocol):
         @return: a L{Deferred} firing with a L{LocalResponse}; cancelling
             it closes the connection.
         """
-        self._answer = Deferred(lambda d: self.give_up())
+        answer = self._answer = Deferred(lambda d: self.give_up())
         self._parser = httptools.HttpResponseParser(self)
         self._head_fields = []
         self._message_done = False
@@ -214,7 +211,8 @@ class LocalConnection(Protocol):
                 produced.addCallbacks(self._uploaded, self._fail_upload,
                                       callbackArgs=(consumer, chunked),
                                       errbackArgs=(consumer,))
-        return self._answer
+        # Not self._answer: a body that failed at once has taken it.
+        return answer
 
     def _uploaded(self, _, consumer, chunked):
         if self._lost:
@@ -364,19 +362,24 @@ class LocalConnection(Protocol):
     # -- the connection ------------------------------------------------------
 
     def _maybe_release(self):
-        if (self._message_done and self._upload_done and not self._lost
-                and self._parser is not None and self._keep_alive
-                and self._body_protocol is None and self._ended is None):
-            self._parser = None
-            self._response = None
-            # Its reader may have paused it as the answer ended.
-            self.transport.resumeProducing()
-            if self.release is not None:
-                self.release(self)
+        """
+        Once the answer is complete, its reader has seen the end and the
+        request body is all written: back to the pool, or closed if either
+        side does not keep it alive.  Once.
+        """
+        if (self._parser is None or self._lost or not self._message_done
+                or not self._upload_done or self._body_protocol is not None
+                or self._ended is not None):
             return
-        if self._message_done and self._upload_done and not self._lost:
-            if self._body_protocol is None and self._ended is None:
-                self.transport.loseConnection()
+        self._parser = None
+        self._response = None
+        if not self._keep_alive:
+            self.transport.loseConnection()
+            return
+        # Its reader may have paused it as the answer ended.
+        self.transport.resumeProducing()
+        if self.release is not None:
+            self.release(self)
 
     def _failed(self, failure):
         answer = self._take_answer()
