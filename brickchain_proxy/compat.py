@@ -188,10 +188,8 @@ def flush_now(transport):
     """
     while isinstance(transport, ProtocolWrapper):
         transport = transport.transport
-    if (isinstance(transport, FileDescriptor) and transport.connected
-            and not transport.disconnecting
-            and getattr(transport, "_writeDisconnecting", True) is False
-            and (transport._tempDataBuffer or transport.offset < len(transport.dataBuffer))):
+    if _can_send(transport) and (transport._tempDataBuffer
+                                 or transport.offset < len(transport.dataBuffer)):
         transport.doWrite()
 
 
@@ -209,14 +207,22 @@ def write_now(transport, data):
     TLS transport (a C{ProtocolWrapper}) passes unknown attributes on to
     the TCP transport below it, whose socket must only get ciphertext.
     """
-    if (isinstance(transport, FileDescriptor)
-            and getattr(transport, "_tempDataBuffer", True) == []
-            and transport.offset == len(transport.dataBuffer)
-            and transport.connected and not transport.disconnecting
-            and getattr(transport, "_writeDisconnecting", True) is False):
+    if (_can_send(transport) and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
         sent = transport.writeSomeData(data)
         if type(sent) is int and sent >= 0:  # else an error, which write finds again
             if sent == len(data):
                 return
             data = data[sent:]
     transport.write(data)
+
+
+def _can_send(transport):
+    """
+    Whether C{transport} is a socket's own C{FileDescriptor}, connected and
+    closing neither way (then the reactor must see what C{doWrite}
+    returns).  Private: C{_writeDisconnecting}; without it, L{False}.
+    """
+    return (isinstance(transport, FileDescriptor) and transport.connected
+            and not transport.disconnecting
+            and getattr(transport, "_writeDisconnecting", True) is False)

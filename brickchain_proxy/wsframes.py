@@ -18,6 +18,14 @@ writes itself; anything else (a control frame, a fragment, a frame not yet
 complete, a violation, compression, fuzzing options, Autobahn's frame or
 octet logging) goes to Autobahn as before, so every close, ping, limit and
 error keeps Autobahn's behaviour.
+
+It reads and updates Autobahn's own state as its C{processData} and
+C{sendMessage} do (C{data}, C{current_frame}, C{inside_message},
+C{send_queue}, C{trafficStats}, C{_perMessageCompress}, the autoping
+timer) and hands a message on through C{_onMessage}.  Those are private:
+C{tests/test_wsframes.py} checks them against real Autobahn peers, byte
+for byte and one byte at a time, and CI runs it against the newest
+Autobahn too (as C{compat.py}'s shims are).
 """
 
 import random

@@ -9,12 +9,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import RequestGenerationFailed, ResponseNeverReceived
-from twisted.web.client import ResponseDone
+from twisted.web.client import URI, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from brickchain_proxy.client.forward import BytesProducer, LocalForwarder
+from brickchain_proxy.client.forward import BytesProducer, LocalForwarder, host_value
 from brickchain_proxy.client.http1 import LocalHTTP, request_head
 
 
@@ -277,6 +277,13 @@ def _turn():
 
 
 class ClientChoiceTests(SynchronousTestCase):
+    def test_the_host_header_is_agents(self):
+        for url, host in ((b"http://127.0.0.1:8080", b"127.0.0.1:8080"),
+                          (b"http://[::1]:8080", b"[::1]:8080"),
+                          (b"http://svc:80", b"svc"), (b"https://Svc.example", b"Svc.example")):
+            self.assertEqual(host_value(URI.fromBytes(url)), host, url)
+
+
     def test_head_goes_to_agent_the_rest_to_local_http(self):
         forwarder = LocalForwarder(reactor, "http://127.0.0.1:1")
         self.assertIs(forwarder.client_for(b"HEAD"), forwarder.agent)

@@ -15,7 +15,7 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
@@ -66,26 +66,17 @@ class BytesProducer:
         pass
 
 
-class _Origin:
+def host_value(uri):
     """
-    The parts of a URI that L{LocalEndpoints.endpointForURI} reads.
+    The Host header for the origin of C{uri} (a L{URI}), as Agent computes
+    it: no port when it is the scheme's, an IPv6 address in brackets.
     """
-
-    def __init__(self, scheme, host, port):
-        self.scheme = scheme
-        self.host = host
-        self.port = port
-
-
-def host_value(scheme, host, port):
-    """
-    The Host header for an origin, as Agent computes it: no port when it is
-    the scheme's, an IPv6 address in brackets.
-    """
-    name = host.encode("idna") if not isIPv6Address(host) else b"[" + host.encode("ascii") + b"]"
-    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        return name
-    return b"%s:%d" % (name, port)
+    host = uri.host
+    if isIPv6Address(host.decode("ascii", "replace")):
+        host = b"[" + host + b"]"
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%s:%d" % (host, uri.port)
 
 
 @implementer(IAgentEndpointFactory)
@@ -117,18 +108,6 @@ class LocalEndpoints:
         if endpoint is None:
             endpoint = self._endpoints[key] = self._build(*key)
         return endpoint
-
-    def endpoint_for(self, scheme, host, port):
-        """
-        The endpoint for C{scheme} (C{"http"} or C{"https"}), C{host} and
-        C{port} (L{None}: the scheme's), as for a request to that origin.
-        """
-        if self._endpoint is not None:
-            return self._endpoint
-        scheme = scheme.encode("ascii")
-        if port is None:
-            port = 443 if scheme == b"https" else 80
-        return self.endpointForURI(_Origin(scheme, host.encode("idna"), port))
 
     def _build(self, scheme, host, port):
         name = host.decode("ascii")
@@ -258,10 +237,10 @@ class LocalForwarder:
         self.tls = tls
         endpoints = LocalEndpoints(reactor, timeout, endpoint, tls)
         self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
-        self._streamed_http = LocalHTTP(
-            reactor, self._origin.encode("ascii"),
-            endpoints.endpoint_for(parts.scheme, parts.hostname, parts.port),
-            host_value(parts.scheme, parts.hostname, parts.port), pool_size)
+        origin = URI.fromBytes(self._origin.encode("utf-8"))
+        self._streamed_http = LocalHTTP(reactor, self._origin.encode("utf-8"),
+                                        endpoints.endpointForURI(origin),
+                                        host_value(origin), pool_size)
         #: the endpoint every local connection goes through, or L{None}
         self.endpoint = endpoint
         self._in_flight = set()

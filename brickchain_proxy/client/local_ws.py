@@ -19,11 +19,11 @@ from ..features import BINARY_WS, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import join_values, wire_to_pairs
 from ..messages import MessageError, WSMessage, WSResponse, WSTeardown
 from ..tls import LOCAL_TLS_REFUSED, SYSTEM_TRUST, tls_failure_reason
+from ..wsframes import ShortFrames
 from ..wsutil import SendBufferWatch, close_websocket, is_open
 from .rewrite import LocalRewrite
 from .streamed_ws import StreamedLocal, StreamHead
 from .urls import ESCAPES_PREFIX, PathEscapesPrefix, local_url
-from ..wsframes import ShortFrames
 
 #: Headers Autobahn writes into every opening handshake itself (RFC 6455
 #: 4.1: Host, Upgrade, Connection, Sec-WebSocket-Key/-Version/-Extensions,

@@ -36,9 +36,9 @@ from ..wsutil import TunnelBackpressure, fail_if_invalid_text
 from ..streams.frames import FrameError
 from ..streams.session import CONNECTION_LOST, StreamSession
 from ..tls import CertificateRefused, check_identity, tls_failure_reason
+from ..wsframes import ShortFrames
 from .local_ws import LocalWebSockets
 from .streamed import LocalStreamedRequest
-from ..wsframes import ShortFrames
 
 
 class RegistrationFailed(Exception):

@@ -43,9 +43,9 @@ from ..messages import (
 )
 from ..streams.frames import FrameError
 from ..streams.session import CONNECTION_LOST, StreamSession
+from ..wsframes import ShortFrames
 from .interfaces import ITunnelConnection
 from .pacing import FramePacer
-from ..wsframes import ShortFrames
 
 PING = encode(Ping())
 

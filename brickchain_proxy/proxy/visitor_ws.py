@@ -40,6 +40,7 @@ from ..errors import (
 from ..features import BINARY_WS, MULTI_HEADER, RAW_PATH, WS_CLOSE, WS_SUBPROTOCOL
 from ..headers import add_forwarded_headers, headers_to_wire
 from ..messages import MessageError, WSMessage, WSRequest, WSTeardown, encode
+from ..wsframes import ShortFrames
 from ..wsutil import (
     CleanClose,
     SendBufferWatch,
@@ -48,7 +49,6 @@ from ..wsutil import (
 )
 from .interfaces import IStreamVisitor
 from .streamed_ws import StreamedVisitor
-from ..wsframes import ShortFrames
 
 #: Request headers that belong to this hop's websocket handshake only.
 _DROP_FROM_WS_REQUEST = frozenset(
